@@ -1,0 +1,203 @@
+//! Random displacement fields: elastic deformation (Simard 2003) and gaussian-field distortion.
+//! Gaussian smoothing is the recursive (IIR) filter of Young & van Vliet (1995), separable, so it
+//! costs the same for sigma 8 or 40; signals are zero-padded by 4 sigma, which matches a
+//! convolution with "zero outside" boundaries.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use super::warp::CoordMap;
+
+/// A dense displacement field: source = (x + sx * dx, y + sx * dy) for sign `sign`.
+pub struct Displacement {
+    pub w: usize,
+    pub h: usize,
+    pub dx: Vec<f32>,
+    pub dy: Vec<f32>,
+    /// +1: sample at p + d (elastic); -1: sample at p - d (distortion).
+    pub sign: f32,
+}
+
+impl CoordMap for Displacement {
+    fn row(&self, y: usize, out: &mut [[f32; 2]]) {
+        let dx = &self.dx[y * self.w..(y + 1) * self.w];
+        let dy = &self.dy[y * self.w..(y + 1) * self.w];
+        for (x, c) in out.iter_mut().enumerate() {
+            *c = [
+                x as f32 + self.sign * dx[x],
+                y as f32 + self.sign * dy[x],
+            ];
+        }
+    }
+}
+
+/// Elastic field: two U(-1, 1) noise images, gaussian-smoothed (zero outside), times alpha.
+pub fn elastic(w: usize, h: usize, alpha: f64, sigma: f64, rng: &mut ChaCha8Rng) -> Displacement {
+    let mut fields = [0, 1].map(|_| {
+        let noise: Vec<f64> = (0..w * h).map(|_| rng.random_range(-1.0..1.0)).collect();
+        gaussian_blur(&noise, w, h, sigma)
+    });
+    let [fx, fy] = &mut fields;
+    Displacement {
+        w,
+        h,
+        dx: fx.iter().map(|v| (v * alpha) as f32).collect(),
+        dy: fy.iter().map(|v| (v * alpha) as f32).collect(),
+        sign: 1.0,
+    }
+}
+
+/// Distortion field: t ~ N(0, 1) per pixel, s = G_sigma * t, (dx, dy) = gradient of s (central
+/// differences), each scaled so that its largest magnitude is `max_disp` pixels. Sampled at p - d.
+pub fn distortion(
+    w: usize,
+    h: usize,
+    sigma: f64,
+    max_disp: f64,
+    rng: &mut ChaCha8Rng,
+) -> Displacement {
+    let noise: Vec<f64> = (0..w * h).map(|_| rng.sample(StandardNormal)).collect();
+    let s = gaussian_blur(&noise, w, h, sigma);
+    let at = |x: usize, y: usize| s[y * w + x];
+    let mut gx = vec![0f64; w * h];
+    let mut gy = vec![0f64; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (xl, xr) = (x.saturating_sub(1), (x + 1).min(w - 1));
+            let (yu, yd) = (y.saturating_sub(1), (y + 1).min(h - 1));
+            gx[y * w + x] = (at(xr, y) - at(xl, y)) / (xr - xl).max(1) as f64;
+            gy[y * w + x] = (at(x, yd) - at(x, yu)) / (yd - yu).max(1) as f64;
+        }
+    }
+    let scale = |g: Vec<f64>| -> Vec<f32> {
+        let m = g.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let k = if m > 0.0 { max_disp / m } else { 0.0 };
+        g.into_iter().map(|v| (v * k) as f32).collect()
+    };
+    Displacement {
+        w,
+        h,
+        dx: scale(gx),
+        dy: scale(gy),
+        sign: -1.0,
+    }
+}
+
+/// 2-D gaussian smoothing of a w x h image (row-major), zero outside.
+pub fn gaussian_blur(src: &[f64], w: usize, h: usize, sigma: f64) -> Vec<f64> {
+    let coef = YvvCoefficients::new(sigma);
+    let pad = (4.0 * sigma).ceil() as usize;
+    let mut out = src.to_vec();
+    let mut line = vec![0f64; w.max(h) + 2 * pad];
+    for y in 0..h {
+        let row = &mut out[y * w..(y + 1) * w];
+        blur_line(row.iter().copied(), row.len(), pad, &coef, &mut line);
+        row.copy_from_slice(&line[pad..pad + w]);
+    }
+    // Columns: gather, filter, scatter (the images are small; clarity over cache tricks).
+    let mut col = vec![0f64; h];
+    for x in 0..w {
+        for y in 0..h {
+            col[y] = out[y * w + x];
+        }
+        blur_line(col.iter().copied(), h, pad, &coef, &mut line);
+        for y in 0..h {
+            out[y * w + x] = line[pad + y];
+        }
+    }
+    out
+}
+
+struct YvvCoefficients {
+    b: f64,
+    a: [f64; 3],
+}
+
+impl YvvCoefficients {
+    fn new(sigma: f64) -> Self {
+        let s = sigma.max(0.5);
+        let q = if s >= 2.5 {
+            0.98711 * s - 0.96330
+        } else {
+            3.97156 - 4.14554 * (1.0 - 0.26891 * s).sqrt()
+        };
+        let q2 = q * q;
+        let q3 = q2 * q;
+        let b0 = 1.57825 + 2.44413 * q + 1.4281 * q2 + 0.422205 * q3;
+        let b1 = 2.44413 * q + 2.85619 * q2 + 1.26661 * q3;
+        let b2 = -(1.4281 * q2 + 1.26661 * q3);
+        let b3 = 0.422205 * q3;
+        Self {
+            b: 1.0 - (b1 + b2 + b3) / b0,
+            a: [b1 / b0, b2 / b0, b3 / b0],
+        }
+    }
+}
+
+/// Filters `n` samples, zero-padded by `pad` on both sides, into `line[..n + 2 pad]`.
+fn blur_line(
+    src: impl Iterator<Item = f64>,
+    n: usize,
+    pad: usize,
+    c: &YvvCoefficients,
+    line: &mut [f64],
+) {
+    let len = n + 2 * pad;
+    let line = &mut line[..len];
+    line.fill(0.0);
+    for (i, v) in src.enumerate() {
+        line[pad + i] = v;
+    }
+    let (mut w1, mut w2, mut w3) = (0.0, 0.0, 0.0);
+    for v in line.iter_mut() {
+        let w0 = c.b * *v + c.a[0] * w1 + c.a[1] * w2 + c.a[2] * w3;
+        *v = w0;
+        (w3, w2, w1) = (w2, w1, w0);
+    }
+    let (mut y1, mut y2, mut y3) = (0.0, 0.0, 0.0);
+    for v in line.iter_mut().rev() {
+        let y0 = c.b * *v + c.a[0] * y1 + c.a[1] * y2 + c.a[2] * y3;
+        *v = y0;
+        (y3, y2, y1) = (y2, y1, y0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::rng_for;
+
+    #[test]
+    fn blur_of_an_impulse_is_a_unit_mass_gaussian() {
+        let (w, h) = (101, 101);
+        let mut img = vec![0.0; w * h];
+        img[50 * w + 50] = 1.0;
+        let sigma = 6.0;
+        let out = gaussian_blur(&img, w, h, sigma);
+        let mass: f64 = out.iter().sum();
+        assert!((mass - 1.0).abs() < 1e-3, "mass {mass}");
+        // Second moment along x ~ sigma^2.
+        let var: f64 = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| out[y * w + x] * (x as f64 - 50.0).powi(2))
+            .sum();
+        assert!((var.sqrt() - sigma).abs() / sigma < 0.05, "std {}", var.sqrt());
+    }
+
+    #[test]
+    fn distortion_max_is_the_requested_amount() {
+        let mut rng = rng_for(1, "s", "distort");
+        let d = distortion(64, 64, 10.0, 3.0, &mut rng);
+        let mx = d.dx.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let my = d.dy.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert!((mx - 3.0).abs() < 1e-4 && (my - 3.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn elastic_alpha_zero_is_no_displacement() {
+        let mut rng = rng_for(1, "s", "elastic");
+        let d = elastic(32, 32, 0.0, 4.0, &mut rng);
+        assert!(d.dx.iter().chain(&d.dy).all(|v| *v == 0.0));
+    }
+}

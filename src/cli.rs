@@ -1,0 +1,162 @@
+//! The command line as data (clap derive). No logic here: `lib::run` dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Reproducible DIARETDB1 lesion-segmentation dataset generator and UNet trainer.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a synthetic DIARETDB1 v1.1 tree (demo data and test fixture).
+    Synth(SynthArgs),
+    /// DIARETDB1 -> augmented 512x512 master set (parallel, deterministic).
+    Generate(GenerateArgs),
+    /// Master set -> train/valid/test folders (by source: no leakage).
+    Split(ConfigArgs),
+    /// Statistics JSON, bar chart and sample sheets of the dataset.
+    Stats(ConfigArgs),
+    /// One sheet with every variant of one source, mask outlines drawn on the images.
+    Preview(PreviewArgs),
+    /// Re-hash every output file against manifest.json; non-zero exit on any difference.
+    Verify(ConfigArgs),
+    /// Train the UNet on train/valid (libtorch; CUDA when present).
+    Train(TrainArgs),
+    /// Dice/IoU of the best checkpoint on the test split.
+    Evaluate(DeviceArgs),
+    /// Predict masks for full-size fundus images.
+    Infer(InferArgs),
+    /// Everything in order: generate, split, stats, preview, train, evaluate, infer.
+    All(AllArgs),
+}
+
+/// The config file and the overrides every stage accepts.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArgs {
+    /// Run configuration (JSON, see generator-configs/).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Output root (overrides the config's `out`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Folder to create; it plays the role of `diaretdb1_v_1_1` (gets `resources/`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of fundus images.
+    #[arg(long, default_value_t = 89)]
+    pub count: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Image size WIDTHxHEIGHT (DIARETDB1 is 1500x1152).
+    #[arg(long, default_value = "1500x1152", value_parser = parse_size)]
+    pub size: (u32, u32),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    /// The `diaretdb1_v_1_1` folder (overrides the config's `data`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Worker threads (default: all cores). Output bytes do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Replace an output folder that holds a different run.
+    #[arg(long)]
+    pub force: bool,
+    /// Continue an interrupted run: keep files that match their recorded hash, redo the rest.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// Run configuration (JSON, see generator-configs/).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Source stem (e.g. image003); default: the first source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Folder for the sheet `preview_<stem>.png` (default: the run folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Which device runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DeviceArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+    /// Continue from the last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InferArgs {
+    /// Run configuration (JSON, see generator-configs/).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Folder of full-size fundus images (default: the config's `infer.images`, else the test
+    /// split's source images).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Output folder (default: <run>/infer).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub generate: GenerateArgs,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Stop after generate, split, stats and preview (no training).
+    #[arg(long)]
+    pub no_train: bool,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WIDTHxHEIGHT, got {s:?}"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 16)
+            .ok_or_else(|| format!("size must be whole numbers >= 16, got {s:?}"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}

@@ -1,0 +1,471 @@
+//! The run configuration: one JSON file (see `generator-configs/`) drives every stage.
+//!
+//! Every struct has defaults (an empty `{}` is the default hemorrhage preset) and rejects unknown
+//! keys, so a typo is an error instead of a silently ignored setting. [`Config::load`] parses and
+//! validates up front, with messages that name the file and the field.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::train_config::{InferConfig, ModelConfig, TrainConfig};
+
+/// The whole run: where data comes from, what is generated, how it is split, and how the model is trained.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Run name: outputs go to `<out>/<name>/`.
+    pub name: String,
+    /// Global seed for every random draw (augmentation, split, sampling, training).
+    pub seed: u64,
+    /// The `diaretdb1_v_1_1` folder (the one holding `resources/`). Relative paths are taken from
+    /// the current directory.
+    pub data: PathBuf,
+    /// Output root.
+    pub out: PathBuf,
+    /// Lesion type: the ground-truth folder under `resources/images/ddb1_groundtruth/`.
+    pub lesion: Lesion,
+    pub generate: GenerateConfig,
+    pub split: SplitConfig,
+    pub stats: StatsConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub infer: InferConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "hemorrhages".into(),
+            seed: 42,
+            data: PathBuf::from("diaretdb1_v_1_1"),
+            out: PathBuf::from("out"),
+            lesion: Lesion::Hemorrhages,
+            generate: GenerateConfig::default(),
+            split: SplitConfig::default(),
+            stats: StatsConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            infer: InferConfig::default(),
+        }
+    }
+}
+
+/// The four DIARETDB1 ground-truth kinds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Lesion {
+    Hemorrhages,
+    Hardexudates,
+    Softexudates,
+    Redsmalldots,
+}
+
+impl Lesion {
+    pub const ALL: [Lesion; 4] = [
+        Lesion::Hemorrhages,
+        Lesion::Hardexudates,
+        Lesion::Softexudates,
+        Lesion::Redsmalldots,
+    ];
+
+    /// The folder name under `ddb1_groundtruth/`.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Lesion::Hemorrhages => "hemorrhages",
+            Lesion::Hardexudates => "hardexudates",
+            Lesion::Softexudates => "softexudates",
+            Lesion::Redsmalldots => "redsmalldots",
+        }
+    }
+}
+
+/// Output image encoding.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+}
+
+/// Generation: preparation of each source and the variants written for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerateConfig {
+    /// Output side in pixels (images are squared, then resized to size x size).
+    pub size: u32,
+    /// Confidence threshold in 0..=1: a pixel is lesion when its ground-truth value v > 0 and
+    /// v / 252 >= threshold. 0.75 is the DIARETDB1 protocol; 0 means "any mark" (the reference).
+    pub threshold: f64,
+    /// Image file format; masks are always 1-channel PNG.
+    pub image_format: ImageFormat,
+    /// JPEG quality (1..=100) when `image_format` is `jpeg`.
+    pub jpeg_quality: u8,
+    /// Apply the field-of-view mask (`ddb1_fundusmask/fmask.tif`) to the lesion mask when present.
+    pub use_fov_mask: bool,
+    pub variants: VariantsConfig,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self {
+            size: 512,
+            threshold: 0.75,
+            image_format: ImageFormat::Png,
+            jpeg_quality: 95,
+            use_fov_mask: true,
+            variants: VariantsConfig::default(),
+        }
+    }
+}
+
+/// Which variants to write. `orig` is always written. An empty list switches a kind off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VariantsConfig {
+    pub hflip: bool,
+    pub vflip: bool,
+    /// Rotation angles in degrees; positive turns the picture counter-clockwise on screen.
+    pub rotate: Vec<f64>,
+    /// Scale factors in (0, 1] about the centre, pasted on the fill colour.
+    pub shrink: Vec<f64>,
+    /// Horizontal shear factors: x' = x + s (y - H/2).
+    pub shear_x: Vec<f64>,
+    /// Vertical shear factors: y' = y + s (x - W/2).
+    pub shear_y: Vec<f64>,
+    /// Elastic deformations (Simard 2003).
+    pub elastic: Vec<ElasticParams>,
+    /// Gaussian-field distortions: maximum displacement as a fraction of `size`.
+    pub distort: Vec<f64>,
+    /// Gaussian sigma (pixels) of the distortion field.
+    pub distort_sigma: f64,
+    pub lens: LensConfig,
+}
+
+impl Default for VariantsConfig {
+    fn default() -> Self {
+        Self {
+            hflip: true,
+            vflip: true,
+            rotate: (1..=17).map(|i| f64::from(i * 20)).collect(),
+            shrink: vec![0.8],
+            shear_x: vec![0.1],
+            shear_y: vec![0.1],
+            elastic: vec![ElasticParams::default()],
+            distort: vec![0.02, 0.03],
+            distort_sigma: 40.0,
+            lens: LensConfig::default(),
+        }
+    }
+}
+
+/// One elastic deformation: displacement = alpha * (gaussian_sigma * U(-1, 1) noise).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ElasticParams {
+    pub alpha: f64,
+    pub sigma: f64,
+}
+
+impl Default for ElasticParams {
+    fn default() -> Self {
+        Self {
+            alpha: 1300.0,
+            sigma: 8.0,
+        }
+    }
+}
+
+/// Barrel / pincushion warps around a list of centres.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LensConfig {
+    /// Write `barrel_<k>` variants (amount +`amount`).
+    pub barrel: bool,
+    /// Write `pincushion_<k>` variants (amount -`amount`).
+    pub pincushion: bool,
+    /// Strength, > 0.
+    pub amount: f64,
+    /// Radius of the warped disc as a fraction of the width.
+    pub radius: f64,
+    /// Centres as fractions (x of width, y of height); one output per centre.
+    pub centres: Vec<[f64; 2]>,
+    /// Reference behaviour: output k applies the warps of centres 1..=k in turn.
+    pub chained: bool,
+}
+
+impl Default for LensConfig {
+    fn default() -> Self {
+        Self {
+            barrel: true,
+            pincushion: true,
+            amount: 0.3,
+            radius: 0.3,
+            centres: vec![[0.3, 0.3], [0.7, 0.3], [0.5, 0.5], [0.3, 0.7], [0.7, 0.7]],
+            chained: false,
+        }
+    }
+}
+
+/// How the master set is divided into train / valid / test.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitMode {
+    /// Ratios over source images (no source in two splits). The default.
+    BySource,
+    /// DIARETDB1's own train/test lists; valid carved from the training list.
+    Official,
+    /// Ratios over individual files: the reference's leaky behaviour, for comparison only.
+    ByFile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    pub mode: SplitMode,
+    pub train: f64,
+    pub valid: f64,
+    pub test: f64,
+    /// Test holds only the `orig` variant of its sources (by-source and official modes).
+    pub test_originals_only: bool,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            mode: SplitMode::BySource,
+            train: 0.8,
+            valid: 0.15,
+            test: 0.05,
+            test_originals_only: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Pairs shown per split in `samples_<split>.png`.
+    pub samples_per_split: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            samples_per_split: 12,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config: Config = serde_json::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks every value range; the message names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty()
+            || self.name.contains(['/', '\\'])
+            || self.name == "."
+            || self.name == ".."
+        {
+            bail!("`name` must be a plain folder name, got {:?}", self.name);
+        }
+        let g = &self.generate;
+        if g.size < 8 {
+            bail!("`generate.size` must be at least 8, got {}", g.size);
+        }
+        if !(g.threshold.is_finite() && (0.0..=1.0).contains(&g.threshold)) {
+            bail!(
+                "`generate.threshold` must be within 0..=1, got {}",
+                g.threshold
+            );
+        }
+        if !(1..=100).contains(&g.jpeg_quality) {
+            bail!(
+                "`generate.jpeg_quality` must be within 1..=100, got {}",
+                g.jpeg_quality
+            );
+        }
+        let v = &g.variants;
+        for (i, a) in v.rotate.iter().enumerate() {
+            finite(&format!("generate.variants.rotate[{i}]"), *a)?;
+        }
+        for (i, r) in v.shrink.iter().enumerate() {
+            finite(&format!("generate.variants.shrink[{i}]"), *r)?;
+            if *r <= 0.0 || *r > 1.0 {
+                bail!("`generate.variants.shrink[{i}]` must be in (0, 1], got {r}");
+            }
+        }
+        for (field, list) in [("shear_x", &v.shear_x), ("shear_y", &v.shear_y)] {
+            for (i, s) in list.iter().enumerate() {
+                finite(&format!("generate.variants.{field}[{i}]"), *s)?;
+                if s.abs() > 2.0 {
+                    bail!("`generate.variants.{field}[{i}]` must be within -2..=2, got {s}");
+                }
+            }
+        }
+        for (i, e) in v.elastic.iter().enumerate() {
+            finite(&format!("generate.variants.elastic[{i}].alpha"), e.alpha)?;
+            finite(&format!("generate.variants.elastic[{i}].sigma"), e.sigma)?;
+            if e.alpha < 0.0 {
+                bail!(
+                    "`generate.variants.elastic[{i}].alpha` must be >= 0, got {}",
+                    e.alpha
+                );
+            }
+            if e.sigma <= 0.0 {
+                bail!(
+                    "`generate.variants.elastic[{i}].sigma` must be > 0, got {}",
+                    e.sigma
+                );
+            }
+        }
+        for (i, d) in v.distort.iter().enumerate() {
+            finite(&format!("generate.variants.distort[{i}]"), *d)?;
+            if !(0.0..=0.5).contains(d) {
+                bail!("`generate.variants.distort[{i}]` must be within 0..=0.5, got {d}");
+            }
+        }
+        finite("generate.variants.distort_sigma", v.distort_sigma)?;
+        if v.distort_sigma <= 0.0 {
+            bail!(
+                "`generate.variants.distort_sigma` must be > 0, got {}",
+                v.distort_sigma
+            );
+        }
+        let l = &v.lens;
+        finite("generate.variants.lens.amount", l.amount)?;
+        finite("generate.variants.lens.radius", l.radius)?;
+        if l.amount < 0.0 || l.amount > 2.0 {
+            bail!(
+                "`generate.variants.lens.amount` must be within 0..=2, got {}",
+                l.amount
+            );
+        }
+        if l.radius <= 0.0 || l.radius > 1.0 {
+            bail!(
+                "`generate.variants.lens.radius` must be in (0, 1], got {}",
+                l.radius
+            );
+        }
+        if (l.barrel || l.pincushion) && l.centres.is_empty() {
+            bail!("`generate.variants.lens.centres` must not be empty when barrel or pincushion is on");
+        }
+        for (i, c) in l.centres.iter().enumerate() {
+            for x in c {
+                finite(&format!("generate.variants.lens.centres[{i}]"), *x)?;
+            }
+        }
+        let s = &self.split;
+        for (field, r) in [
+            ("split.train", s.train),
+            ("split.valid", s.valid),
+            ("split.test", s.test),
+        ] {
+            finite(field, r)?;
+            if !(0.0..=1.0).contains(&r) {
+                bail!("`{field}` must be within 0..=1, got {r}");
+            }
+        }
+        let sum = s.train + s.valid + s.test;
+        if (sum - 1.0).abs() > 1e-6 {
+            bail!(
+                "`split.train` + `split.valid` + `split.test` must sum to 1, got {} + {} + {} = {sum}",
+                s.train,
+                s.valid,
+                s.test
+            );
+        }
+        if s.train <= 0.0 {
+            bail!("`split.train` must be > 0");
+        }
+        crate::train_config::validate(&self.model, &self.train, &self.infer)?;
+        Ok(())
+    }
+
+    /// `<out>/<name>`: where this run's outputs go.
+    pub fn run_dir(&self) -> PathBuf {
+        self.out.join(&self.name)
+    }
+
+    /// The config as canonical JSON (stable key order), and its blake3 hash (hex).
+    pub fn canonical(&self) -> (String, String) {
+        let text = serde_json::to_string(self).expect("config serializes");
+        let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+        (text, hash)
+    }
+
+    /// The part of the config that decides the generated master set; its hash identifies a run's
+    /// master files (a different hash in an existing output folder means a different run).
+    pub fn generation_key(&self) -> String {
+        let key = serde_json::json!({
+            "seed": self.seed,
+            "lesion": self.lesion,
+            "generate": self.generate,
+        });
+        blake3::hash(key.to_string().as_bytes())
+            .to_hex()
+            .to_string()
+    }
+}
+
+fn finite(field: &str, x: f64) -> Result<()> {
+    if !x.is_finite() {
+        bail!("`{field}` must be a finite number, got {x}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let c: Config = serde_json::from_str(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn empty_object_is_the_default_preset() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.generate.variants.rotate.len(), 17);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = parse(r#"{"generate": {"szie": 512}}"#).unwrap_err();
+        assert!(format!("{err:#}").contains("szie"), "{err:#}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field() {
+        for (text, field) in [
+            (r#"{"generate": {"threshold": 1.5}}"#, "generate.threshold"),
+            (r#"{"generate": {"size": 0}}"#, "generate.size"),
+            (r#"{"split": {"train": 0.5}}"#, "split.train"),
+            (
+                r#"{"generate": {"variants": {"elastic": [{"alpha": -1}]}}}"#,
+                "elastic[0].alpha",
+            ),
+            (
+                r#"{"generate": {"variants": {"lens": {"centres": []}}}}"#,
+                "lens.centres",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(format!("{err:#}").contains(field), "{text}: {err:#}");
+        }
+    }
+}

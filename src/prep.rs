@@ -1,0 +1,166 @@
+//! One source -> one square `size` x `size` pair: binarize the ground truth at full resolution,
+//! pad to a centred square (fill = the image's pixel at (2, 2), mask fill 0), then downscale with an
+//! anti-aliased filter (image) and by area average re-thresholded at 0.5 (mask). The inverse,
+//! [`unsquare`], takes a prediction back to the original frame for inference.
+
+use anyhow::{ensure, Context, Result};
+use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{GrayImage, Luma, Rgb, RgbImage};
+
+use crate::augment::Pair;
+
+/// Where the original picture sits inside the square, so predictions can be mapped back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SquareGeometry {
+    pub orig_w: u32,
+    pub orig_h: u32,
+    /// Side of the padded square before resizing: max(orig_w, orig_h).
+    pub side: u32,
+    pub pad_x: u32,
+    pub pad_y: u32,
+    /// Output side after resizing.
+    pub size: u32,
+}
+
+impl SquareGeometry {
+    pub fn new(orig_w: u32, orig_h: u32, size: u32) -> Self {
+        let side = orig_w.max(orig_h);
+        Self {
+            orig_w,
+            orig_h,
+            side,
+            pad_x: (side - orig_w) / 2,
+            pad_y: (side - orig_h) / 2,
+            size,
+        }
+    }
+}
+
+/// Ground-truth confidence map -> binary mask (0/255): lesion where v > 0 and v / 252 >= threshold.
+pub fn binarize(gt: &GrayImage, threshold: f64) -> GrayImage {
+    let min = (threshold * 252.0).ceil().max(1.0);
+    let min = if min > 255.0 { 256 } else { min as u16 };
+    GrayImage::from_fn(gt.width(), gt.height(), |x, y| {
+        Luma([if u16::from(gt.get_pixel(x, y)[0]) >= min { 255 } else { 0 }])
+    })
+}
+
+/// The fill colour of a source: its pixel at (2, 2) (clamped for tiny images).
+pub fn fill_colour(img: &RgbImage) -> Rgb<u8> {
+    *img.get_pixel(2.min(img.width() - 1), 2.min(img.height() - 1))
+}
+
+/// Pads `img` to a centred square of `fill` and resizes it to `size` (anti-aliased bilinear).
+pub fn square_image(img: &RgbImage, fill: Rgb<u8>, size: u32) -> Result<(RgbImage, SquareGeometry)> {
+    let g = SquareGeometry::new(img.width(), img.height(), size);
+    let mut sq = RgbImage::from_pixel(g.side, g.side, fill);
+    image::imageops::replace(&mut sq, img, i64::from(g.pad_x), i64::from(g.pad_y));
+    let out = resize(sq.into_raw(), g.side, g.side, size, size, PixelType::U8x3, FilterType::Bilinear)?;
+    Ok((RgbImage::from_raw(size, size, out).expect("buffer size"), g))
+}
+
+/// Pads a 0/255 mask to a centred square of 0 and area-downscales it, re-thresholded at 0.5.
+pub fn square_mask(mask: &GrayImage, size: u32) -> Result<GrayImage> {
+    let g = SquareGeometry::new(mask.width(), mask.height(), size);
+    let mut sq = GrayImage::new(g.side, g.side);
+    image::imageops::replace(&mut sq, mask, i64::from(g.pad_x), i64::from(g.pad_y));
+    let filter = if size <= g.side { FilterType::Box } else { FilterType::Bilinear };
+    let mut out = resize(sq.into_raw(), g.side, g.side, size, size, PixelType::U8, filter)?;
+    for v in &mut out {
+        *v = if *v >= 128 { 255 } else { 0 };
+    }
+    Ok(GrayImage::from_raw(size, size, out).expect("buffer size"))
+}
+
+/// Squares a source image and its binary mask into a training pair.
+pub fn prepare(img: &RgbImage, mask: &GrayImage, size: u32) -> Result<Pair> {
+    ensure!(
+        img.dimensions() == mask.dimensions(),
+        "image is {}x{} but ground truth is {}x{}",
+        img.width(),
+        img.height(),
+        mask.width(),
+        mask.height()
+    );
+    let fill = fill_colour(img);
+    let (image, _) = square_image(img, fill, size)?;
+    let mask = square_mask(mask, size)?;
+    Ok(Pair { image, mask, fill })
+}
+
+/// Takes a `size` x `size` gray map (e.g. a probability scaled to 0..255) back to the original
+/// frame: bilinear resize to the padded square, then crop the padding away.
+pub fn unsquare(map: &GrayImage, g: &SquareGeometry) -> Result<GrayImage> {
+    ensure!(
+        map.width() == g.size && map.height() == g.size,
+        "prediction is {}x{}, expected {}x{}",
+        map.width(),
+        map.height(),
+        g.size,
+        g.size
+    );
+    let big = resize(map.as_raw().clone(), g.size, g.size, g.side, g.side, PixelType::U8, FilterType::Bilinear)?;
+    let big = GrayImage::from_raw(g.side, g.side, big).expect("buffer size");
+    Ok(image::imageops::crop_imm(&big, g.pad_x, g.pad_y, g.orig_w, g.orig_h).to_image())
+}
+
+fn resize(
+    buf: Vec<u8>,
+    w: u32,
+    h: u32,
+    dw: u32,
+    dh: u32,
+    pixel: PixelType,
+    filter: FilterType,
+) -> Result<Vec<u8>> {
+    let src = Image::from_vec_u8(w, h, buf, pixel).context("resize: source buffer")?;
+    let mut dst = Image::new(dw, dh, pixel);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
+    Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .context("resize failed")?;
+    Ok(dst.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binarize_follows_the_protocol() {
+        let gt = GrayImage::from_fn(13, 1, |x, _| Luma([(x * 21) as u8]));
+        let count = |t| binarize(&gt, t).pixels().filter(|p| p[0] == 255).count();
+        assert_eq!(count(0.75), 4); // 189, 210, 231, 252
+        assert_eq!(count(0.0), 12); // any mark
+        assert_eq!(count(1.0), 1);
+    }
+
+    #[test]
+    fn squaring_keeps_a_lesion_where_it_was() {
+        // 300x200 with a lesion block at x 200..240, y 80..120; pad_y = 50, scale 100/300.
+        let img = RgbImage::from_fn(300, 200, |x, y| {
+            Rgb([if (200..240).contains(&x) && (80..120).contains(&y) { 250 } else { 10 }, 0, 0])
+        });
+        let mask = GrayImage::from_fn(300, 200, |x, y| {
+            Luma([if (200..240).contains(&x) && (80..120).contains(&y) { 255 } else { 0 }])
+        });
+        let p = prepare(&img, &mask, 100).unwrap();
+        assert_eq!(p.fill, Rgb([10, 0, 0]));
+        let on: Vec<(u32, u32)> = p
+            .mask
+            .enumerate_pixels()
+            .filter(|(_, _, m)| m[0] == 255)
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        let n = on.len() as f64;
+        let cx = on.iter().map(|p| f64::from(p.0)).sum::<f64>() / n;
+        let cy = on.iter().map(|p| f64::from(p.1)).sum::<f64>() / n;
+        assert!((cx - 73.0).abs() < 1.0 && (cy - 50.0).abs() < 1.0, "{cx} {cy}");
+        assert!(p.image.get_pixel(73, 50)[0] > 200);
+        // Round trip to the original frame.
+        let g = SquareGeometry::new(300, 200, 100);
+        let back = unsquare(&p.mask, &g).unwrap();
+        assert_eq!(back.dimensions(), (300, 200));
+        assert!(back.get_pixel(220, 100)[0] > 127 && back.get_pixel(100, 100)[0] < 128);
+    }
+}

@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod cli;
 pub mod config;
+pub mod dataset;
 pub mod prep;
 pub mod rng;
 #[cfg(feature = "train")]

@@ -1,1 +1,76 @@
-fn main() {}
+//! Criterion benchmarks of each variant at 512x512 (one pair: image + mask), the squaring of a
+//! 1500x1152 source, and the PNG encoders. Throughput is in pixels of the output.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fundus_pipeline::augment::{plan, Pair, Variant};
+use fundus_pipeline::config::{LensConfig, VariantsConfig};
+use fundus_pipeline::io::{encode_png_gray, encode_png_rgb};
+use fundus_pipeline::prep::prepare;
+use image::{GrayImage, Luma, Rgb, RgbImage};
+
+fn source(w: u32, h: u32) -> (RgbImage, GrayImage) {
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 255 / w) as u8,
+            (y * 255 / h) as u8,
+            ((x ^ y) & 0xff) as u8,
+        ])
+    });
+    let mask = GrayImage::from_fn(w, h, |x, y| {
+        Luma([if (x / 40 + y / 40) % 7 == 0 { 255 } else { 0 }])
+    });
+    (img, mask)
+}
+
+fn variants(c: &mut Criterion) {
+    let (img, mask) = source(1500, 1152);
+    let pair: Pair = prepare(&img, &mask, 512).unwrap();
+    let cfg = VariantsConfig {
+        lens: LensConfig {
+            chained: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // One of each kind (the fifth chained lens is the costliest lens).
+    let mut picked: Vec<Variant> = Vec::new();
+    for v in plan(&cfg) {
+        let dup = picked.iter().any(|p| p.kind() == v.kind());
+        if !dup || v.name() == "barrel_5" {
+            picked.retain(|p| !(v.name() == "barrel_5" && p.kind() == "barrel"));
+            picked.push(v);
+        }
+    }
+    let mut g = c.benchmark_group("variant_512");
+    g.throughput(Throughput::Elements(512 * 512));
+    for v in picked {
+        g.bench_with_input(BenchmarkId::from_parameter(v.name()), &v, |b, v| {
+            b.iter(|| v.apply(&pair, 42, "image001"))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("prepare");
+    g.throughput(Throughput::Elements(1500 * 1152));
+    g.bench_function("square_1500x1152_to_512", |b| {
+        b.iter(|| prepare(&img, &mask, 512).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("encode_512");
+    g.throughput(Throughput::Elements(512 * 512));
+    g.bench_function("png_rgb_fast", |b| {
+        b.iter(|| encode_png_rgb(&pair.image).unwrap())
+    });
+    g.bench_function("png_mask_fast", |b| {
+        b.iter(|| encode_png_gray(&pair.mask).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
+    targets = variants
+}
+criterion_main!(benches);

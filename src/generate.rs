@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::augment::{plan, Pair, Variant};
+use crate::augment::{plan, Pair, SampleMap, Variant};
 use crate::config::{Config, ImageFormat};
 use crate::dataset::layout::{scan, Problem, Source};
 use crate::io::{
@@ -90,6 +90,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     let total = scan.sources.len() * variants.len();
     let bar = progress_bar(total as u64, opts.progress);
     let ctx = Ctx {
+        maps: &HashMap::new(),
         cfg,
         run_dir: &run_dir,
         variants: &variants,
@@ -105,6 +106,14 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         .build()
         .context("cannot start worker threads")?;
     let results: Vec<(Source, Result<SourceOutput>)> = pool.install(|| {
+        // Maps of the deterministic variants are the same for every source: build them once.
+        let size = cfg.generate.size;
+        let maps: HashMap<String, SampleMap> = variants
+            .par_iter()
+            .filter(|v| !v.is_random())
+            .filter_map(|v| Some((v.name(), v.sample_map(size, size, cfg.seed, "")?)))
+            .collect();
+        let ctx = Ctx { maps: &maps, ..ctx };
         scan.sources
             .par_iter()
             .map(|s| (s.clone(), ctx.source(s)))
@@ -168,6 +177,8 @@ type SourceOutput = (SourceRecord, Vec<PairRecord>);
 
 /// Shared, read-only state of one generation.
 struct Ctx<'a> {
+    /// Precomputed maps of the deterministic variants, by name.
+    maps: &'a HashMap<String, SampleMap>,
     cfg: &'a Config,
     run_dir: &'a Path,
     variants: &'a [Variant],
@@ -255,7 +266,11 @@ impl Ctx<'_> {
 
     fn write_variant(&self, square: &Pair, stem: &str, v: &Variant) -> Result<PairRecord> {
         let g = &self.cfg.generate;
-        let out = v.apply(square, self.cfg.seed, stem);
+        let out = if v.is_random() {
+            v.apply(square, self.cfg.seed, stem)
+        } else {
+            v.apply_map(square, self.maps.get(&v.name()))
+        };
         let name = format!("{stem}_{}", v.name());
         let (img_bytes, ext) = match g.image_format {
             ImageFormat::Png => (encode_png_rgb(&out.image)?, "png"),

@@ -82,28 +82,52 @@ pub fn distortion(
 }
 
 /// 2-D gaussian smoothing of a w x h image (row-major), zero outside.
+///
+/// With zero initial state, the causal pass over leading zeros stays zero, so only the trailing
+/// padding (where the causal response still decays) has to be run before the anti-causal pass.
 pub fn gaussian_blur(src: &[f64], w: usize, h: usize, sigma: f64) -> Vec<f64> {
-    let coef = YvvCoefficients::new(sigma);
+    let c = YvvCoefficients::new(sigma);
     let pad = (4.0 * sigma).ceil() as usize;
-    let mut out = src.to_vec();
-    let mut line = vec![0f64; w.max(h) + 2 * pad];
-    for y in 0..h {
-        let row = &mut out[y * w..(y + 1) * w];
-        blur_line(row.iter().copied(), row.len(), pad, &coef, &mut line);
-        row.copy_from_slice(&line[pad..pad + w]);
+    let mut out = vec![0f64; w * h];
+    let mut line = vec![0f64; w + pad];
+    for (row_in, row_out) in src.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+        blur_line(row_in, pad, &c, &mut line);
+        row_out.copy_from_slice(&line[..w]);
     }
-    // Columns: gather, filter, scatter (the images are small; clarity over cache tricks).
-    let mut col = vec![0f64; h];
-    for x in 0..w {
-        for y in 0..h {
-            col[y] = out[y * w + x];
-        }
-        blur_line(col.iter().copied(), h, pad, &coef, &mut line);
-        for y in 0..h {
-            out[y * w + x] = line[pad + y];
+    // Columns, all at once: each step works on whole rows, which keeps memory access sequential
+    // and lets the compiler vectorize across x. Three zero rows bound each pass.
+    let n = h + pad;
+    let mut fwd = vec![0f64; (n + 3) * w];
+    for y in 0..n {
+        let (done, rest) = fwd.split_at_mut((y + 3) * w);
+        let (r3, r2, r1) = (
+            &done[y * w..(y + 1) * w],
+            &done[(y + 1) * w..(y + 2) * w],
+            &done[(y + 2) * w..(y + 3) * w],
+        );
+        let cur = &mut rest[..w];
+        let input = if y < h {
+            &out[y * w..(y + 1) * w]
+        } else {
+            &[][..]
+        };
+        for x in 0..w {
+            let v = input.get(x).copied().unwrap_or(0.0);
+            cur[x] = c.b * v + c.a[0] * r1[x] + c.a[1] * r2[x] + c.a[2] * r3[x];
         }
     }
-    out
+    let mut bwd = vec![0f64; (n + 3) * w];
+    for y in (0..n).rev() {
+        let (head, tail) = bwd.split_at_mut((y + 1) * w);
+        let cur = &mut head[y * w..];
+        let (r1, r2, r3) = (&tail[..w], &tail[w..2 * w], &tail[2 * w..3 * w]);
+        let input = &fwd[(y + 3) * w..(y + 4) * w];
+        for x in 0..w {
+            cur[x] = c.b * input[x] + c.a[0] * r1[x] + c.a[1] * r2[x] + c.a[2] * r3[x];
+        }
+    }
+    bwd.truncate(h * w);
+    bwd
 }
 
 struct YvvCoefficients {
@@ -152,23 +176,13 @@ impl YvvCoefficients {
     }
 }
 
-/// Filters `n` samples, zero-padded by `pad` on both sides, into `line[..n + 2 pad]`.
-fn blur_line(
-    src: impl Iterator<Item = f64>,
-    n: usize,
-    pad: usize,
-    c: &YvvCoefficients,
-    line: &mut [f64],
-) {
-    let len = n + 2 * pad;
-    let line = &mut line[..len];
-    line.fill(0.0);
-    for (i, v) in src.enumerate() {
-        line[pad + i] = v;
-    }
+/// Filters `src` followed by `pad` zeros into `line[..src.len() + pad]` (forward, then backward).
+fn blur_line(src: &[f64], pad: usize, c: &YvvCoefficients, line: &mut [f64]) {
+    let line = &mut line[..src.len() + pad];
     let (mut w1, mut w2, mut w3) = (0.0, 0.0, 0.0);
-    for v in line.iter_mut() {
-        let w0 = c.b * *v + c.a[0] * w1 + c.a[1] * w2 + c.a[2] * w3;
+    for (i, v) in line.iter_mut().enumerate() {
+        let x = src.get(i).copied().unwrap_or(0.0);
+        let w0 = c.b * x + c.a[0] * w1 + c.a[1] * w2 + c.a[2] * w3;
         *v = w0;
         (w3, w2, w1) = (w2, w1, w0);
     }

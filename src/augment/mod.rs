@@ -13,7 +13,7 @@ use crate::config::VariantsConfig;
 use crate::rng::rng_for;
 use affine::Affine;
 use lens::{Lens, LensChain};
-pub use warp::{remap, Border, Pair};
+pub use warp::{remap, Border, Pair, SampleMap};
 
 /// One output variant of a source.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,23 +93,19 @@ impl Variant {
         }
     }
 
-    /// Produces this variant of `src`. Random variants draw from the generator of
-    /// (seed, stem, variant name), so the result does not depend on order or threads.
-    pub fn apply(&self, src: &Pair, seed: u64, stem: &str) -> Pair {
-        let (w, h) = src.image.dimensions();
-        let affine = |m| remap(src, &Affine(m), Border::Fill);
+    /// True when the variant draws random numbers (its map differs per source).
+    pub fn is_random(&self) -> bool {
+        matches!(self, Variant::Elastic { .. } | Variant::Distort { .. })
+    }
+
+    /// The resampling map of this variant for a `w` x `h` picture, or `None` for the exact pixel
+    /// permutations (orig, flips). Random variants draw from the generator of
+    /// (seed, stem, variant name), so the map does not depend on order or threads; the others
+    /// ignore seed and stem, and one map serves every source.
+    pub fn sample_map(&self, w: u32, h: u32, seed: u64, stem: &str) -> Option<SampleMap> {
+        let affine = |m| Some(SampleMap::new(w, h, &Affine(m), Border::Fill));
         match self {
-            Variant::Orig => src.clone(),
-            Variant::HFlip => Pair {
-                image: image::imageops::flip_horizontal(&src.image),
-                mask: image::imageops::flip_horizontal(&src.mask),
-                fill: src.fill,
-            },
-            Variant::VFlip => Pair {
-                image: image::imageops::flip_vertical(&src.image),
-                mask: image::imageops::flip_vertical(&src.mask),
-                fill: src.fill,
-            },
+            Variant::Orig | Variant::HFlip | Variant::VFlip => None,
             Variant::Rotate(a) => affine(affine::rotation(*a, w, h)),
             Variant::Shrink(r) => affine(affine::shrink(*r, w, h)),
             Variant::ShearX(s) => affine(affine::shear_x(*s, w, h)),
@@ -117,13 +113,13 @@ impl Variant {
             Variant::Elastic { alpha, sigma } => {
                 let mut rng = rng_for(seed, stem, &self.name());
                 let d = field::elastic(w as usize, h as usize, *alpha, *sigma, &mut rng);
-                remap(src, &d, Border::Clamp)
+                Some(SampleMap::new(w, h, &d, Border::Clamp))
             }
             Variant::Distort { amount, sigma } => {
                 let mut rng = rng_for(seed, stem, &self.name());
                 let max = amount * f64::from(w.max(h));
                 let d = field::distortion(w as usize, h as usize, *sigma, max, &mut rng);
-                remap(src, &d, Border::Clamp)
+                Some(SampleMap::new(w, h, &d, Border::Clamp))
             }
             Variant::Lens(l) => {
                 let (wf, hf) = (f64::from(w), f64::from(h));
@@ -137,9 +133,35 @@ impl Variant {
                         amount: l.amount,
                     })
                     .collect();
-                remap(src, &LensChain(chain), Border::Fill)
+                Some(SampleMap::new(w, h, &LensChain(chain), Border::Fill))
             }
         }
+    }
+
+    /// Produces this variant of `src` with a map from [`Variant::sample_map`] (`None` for orig
+    /// and flips).
+    pub fn apply_map(&self, src: &Pair, map: Option<&SampleMap>) -> Pair {
+        match (self, map) {
+            (Variant::HFlip, _) => Pair {
+                image: image::imageops::flip_horizontal(&src.image),
+                mask: image::imageops::flip_horizontal(&src.mask),
+                fill: src.fill,
+            },
+            (Variant::VFlip, _) => Pair {
+                image: image::imageops::flip_vertical(&src.image),
+                mask: image::imageops::flip_vertical(&src.mask),
+                fill: src.fill,
+            },
+            (_, Some(m)) => m.apply(src),
+            (_, None) => src.clone(),
+        }
+    }
+
+    /// Produces this variant of `src` (builds the map and applies it).
+    pub fn apply(&self, src: &Pair, seed: u64, stem: &str) -> Pair {
+        let (w, h) = src.image.dimensions();
+        let map = self.sample_map(w, h, seed, stem);
+        self.apply_map(src, map.as_ref())
     }
 }
 

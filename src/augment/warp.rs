@@ -37,83 +37,154 @@ impl<F: Fn(usize, &mut [[f32; 2]])> CoordMap for F {
 /// Warps `src` through `map` into a new pair of the same size.
 pub fn remap(src: &Pair, map: &dyn CoordMap, border: Border) -> Pair {
     let (w, h) = src.image.dimensions();
-    let (wu, hu) = (w as usize, h as usize);
-    let img = src.image.as_raw();
-    let msk = src.mask.as_raw();
-    let fill = [
-        f32::from(src.fill[0]),
-        f32::from(src.fill[1]),
-        f32::from(src.fill[2]),
-    ];
-    let mut out_img = vec![0u8; wu * hu * 3];
-    let mut out_msk = vec![0u8; wu * hu];
-    let mut coords = vec![[0f32; 2]; wu];
-    let (wi, hi) = (w as i32, h as i32);
+    SampleMap::new(w, h, map, border).apply(src)
+}
 
-    for y in 0..hu {
-        map.row(y, &mut coords);
-        let orow = &mut out_img[y * wu * 3..(y + 1) * wu * 3];
-        let mrow = &mut out_msk[y * wu..(y + 1) * wu];
-        for (x, &[sx, sy]) in coords.iter().enumerate() {
-            let fx0 = sx.floor();
-            let fy0 = sy.floor();
-            let ax = sx - fx0;
-            let ay = sy - fy0;
-            let weights = [
-                (1.0 - ax) * (1.0 - ay),
-                ax * (1.0 - ay),
-                (1.0 - ax) * ay,
-                ax * ay,
+/// Sub-pixel precision of the bilinear weights: 1/256 pixel (OpenCV's remap uses 1/32).
+const FRAC_BITS: u32 = 8;
+const ONE: i32 = 1 << FRAC_BITS;
+
+/// One output pixel's sampling position: top-left tap and fixed-point fractions.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    x0: i32,
+    y0: i32,
+    fx: u16,
+    fy: u16,
+}
+
+/// A coordinate map resolved to integer taps and fixed-point weights, for one image size. It does
+/// not depend on the image, so a deterministic variant's map is built once and reused for every
+/// source; applying it is a pure gather with integer arithmetic.
+#[derive(Debug, Clone)]
+pub struct SampleMap {
+    w: u32,
+    h: u32,
+    border: Border,
+    taps: Vec<Tap>,
+}
+
+impl SampleMap {
+    pub fn new(w: u32, h: u32, map: &dyn CoordMap, border: Border) -> Self {
+        let (wu, hu) = (w as usize, h as usize);
+        let mut taps = Vec::with_capacity(wu * hu);
+        let mut coords = vec![[0f32; 2]; wu];
+        // Far-away coordinates (and NaN) are pinned just outside, where they read the border.
+        let (xmax, ymax) = (w as f32 + 2.0, h as f32 + 2.0);
+        for y in 0..hu {
+            map.row(y, &mut coords);
+            for &[sx, sy] in &coords {
+                let sx = if sx.is_nan() {
+                    -3.0
+                } else {
+                    sx.clamp(-3.0, xmax)
+                };
+                let sy = if sy.is_nan() {
+                    -3.0
+                } else {
+                    sy.clamp(-3.0, ymax)
+                };
+                let (fx0, fy0) = (sx.floor(), sy.floor());
+                let mut x0 = fx0 as i32;
+                let mut y0 = fy0 as i32;
+                let mut fx = ((sx - fx0) * ONE as f32).round() as i32;
+                let mut fy = ((sy - fy0) * ONE as f32).round() as i32;
+                if fx == ONE {
+                    x0 += 1;
+                    fx = 0;
+                }
+                if fy == ONE {
+                    y0 += 1;
+                    fy = 0;
+                }
+                taps.push(Tap {
+                    x0,
+                    y0,
+                    fx: fx as u16,
+                    fy: fy as u16,
+                });
+            }
+        }
+        Self { w, h, border, taps }
+    }
+
+    /// Warps a pair of this map's size.
+    pub fn apply(&self, src: &Pair) -> Pair {
+        let (w, h) = src.image.dimensions();
+        assert_eq!(
+            (w, h),
+            (self.w, self.h),
+            "sample map size differs from the pair"
+        );
+        let (wi, hi) = (w as i32, h as i32);
+        let wu = w as usize;
+        let img = src.image.as_raw();
+        let msk = src.mask.as_raw();
+        let mut out_img = vec![0u8; img.len()];
+        let mut out_msk = vec![0u8; msk.len()];
+        let half = 1i32 << (2 * FRAC_BITS - 1);
+        for (i, t) in self.taps.iter().enumerate() {
+            let (fx, fy) = (i32::from(t.fx), i32::from(t.fy));
+            let wts = [
+                (ONE - fx) * (ONE - fy),
+                fx * (ONE - fy),
+                (ONE - fx) * fy,
+                fx * fy,
             ];
-            // Far outside: skip the arithmetic (also guards the i32 casts against huge values).
-            if !(fx0 > -2.0 && fy0 > -2.0 && fx0 < w as f32 + 1.0 && fy0 < h as f32 + 1.0) {
-                match border {
-                    Border::Fill => {
-                        orow[x * 3..x * 3 + 3].copy_from_slice(&src.fill.0);
-                        mrow[x] = 0;
+            let mut acc = [half; 3];
+            let mut m = 0i32;
+            if t.x0 >= 0 && t.y0 >= 0 && t.x0 < wi - 1 && t.y0 < hi - 1 {
+                // All four taps inside: the common case, no border logic.
+                let p = t.y0 as usize * wu + t.x0 as usize;
+                for (k, &o) in [p, p + 1, p + wu, p + wu + 1].iter().enumerate() {
+                    let c = &img[o * 3..o * 3 + 3];
+                    acc[0] += wts[k] * i32::from(c[0]);
+                    acc[1] += wts[k] * i32::from(c[1]);
+                    acc[2] += wts[k] * i32::from(c[2]);
+                    if msk[o] >= 128 {
+                        m += wts[k];
+                    }
+                }
+            } else {
+                let corners = [
+                    (t.x0, t.y0),
+                    (t.x0 + 1, t.y0),
+                    (t.x0, t.y0 + 1),
+                    (t.x0 + 1, t.y0 + 1),
+                ];
+                for (k, &(x, y)) in corners.iter().enumerate() {
+                    if wts[k] == 0 {
                         continue;
                     }
-                    Border::Clamp => {}
+                    let inside = x >= 0 && y >= 0 && x < wi && y < hi;
+                    if !inside && self.border == Border::Fill {
+                        for (a, f) in acc.iter_mut().zip(src.fill.0) {
+                            *a += wts[k] * i32::from(f);
+                        }
+                        continue;
+                    }
+                    let o = y.clamp(0, hi - 1) as usize * wu + x.clamp(0, wi - 1) as usize;
+                    let c = &img[o * 3..o * 3 + 3];
+                    acc[0] += wts[k] * i32::from(c[0]);
+                    acc[1] += wts[k] * i32::from(c[1]);
+                    acc[2] += wts[k] * i32::from(c[2]);
+                    if msk[o] >= 128 {
+                        m += wts[k];
+                    }
                 }
             }
-            let x0 = (fx0.clamp(-2.0, w as f32 + 1.0)) as i32;
-            let y0 = (fy0.clamp(-2.0, h as f32 + 1.0)) as i32;
-            let taps = [(x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)];
-            let mut acc = [0f32; 3];
-            let mut m = 0f32;
-            for (&(tx, ty), &wgt) in taps.iter().zip(&weights) {
-                if wgt == 0.0 {
-                    continue;
-                }
-                let inside = tx >= 0 && ty >= 0 && tx < wi && ty < hi;
-                let (cx, cy) = if inside || border == Border::Clamp {
-                    (tx.clamp(0, wi - 1) as usize, ty.clamp(0, hi - 1) as usize)
-                } else {
-                    acc[0] += wgt * fill[0];
-                    acc[1] += wgt * fill[1];
-                    acc[2] += wgt * fill[2];
-                    continue;
-                };
-                let i = cy * wu + cx;
-                let p = &img[i * 3..i * 3 + 3];
-                acc[0] += wgt * f32::from(p[0]);
-                acc[1] += wgt * f32::from(p[1]);
-                acc[2] += wgt * f32::from(p[2]);
-                if msk[i] >= 128 {
-                    m += wgt;
-                }
-            }
-            let o = &mut orow[x * 3..x * 3 + 3];
+            let out = &mut out_img[i * 3..i * 3 + 3];
             for c in 0..3 {
-                o[c] = (acc[c] + 0.5).clamp(0.0, 255.0) as u8;
+                out[c] = (acc[c] >> (2 * FRAC_BITS)) as u8;
             }
-            mrow[x] = if m >= 0.5 { 255 } else { 0 };
+            // Mask: the bilinear {0,1} field thresholded at 0.5.
+            out_msk[i] = if m >= half { 255 } else { 0 };
         }
-    }
-    Pair {
-        image: RgbImage::from_raw(w, h, out_img).expect("buffer size"),
-        mask: GrayImage::from_raw(w, h, out_msk).expect("buffer size"),
-        fill: src.fill,
+        Pair {
+            image: RgbImage::from_raw(w, h, out_img).expect("buffer size"),
+            mask: GrayImage::from_raw(w, h, out_msk).expect("buffer size"),
+            fill: src.fill,
+        }
     }
 }
 

@@ -263,12 +263,26 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let config: Config = serde_json::from_str(&text)
+        let config = Config::from_json(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
         config
             .validate()
             .with_context(|| format!("invalid config file {}", path.display()))?;
         Ok(config)
+    }
+
+    /// Parses config JSON; a type or key error names the field's path (e.g. `generate.size`).
+    pub fn from_json(text: &str) -> Result<Config> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                anyhow::anyhow!("{inner}")
+            } else {
+                anyhow::anyhow!("`{path}`: {inner}")
+            }
+        })
     }
 
     /// Checks every value range; the message names the field.
@@ -431,7 +445,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config> {
-        let c: Config = serde_json::from_str(text)?;
+        let c = Config::from_json(text)?;
         c.validate()?;
         Ok(c)
     }
@@ -447,6 +461,14 @@ mod tests {
     fn unknown_key_is_rejected_with_its_name() {
         let err = parse(r#"{"generate": {"szie": 512}}"#).unwrap_err();
         assert!(format!("{err:#}").contains("szie"), "{err:#}");
+    }
+
+    #[test]
+    fn wrong_type_and_non_finite_numbers_name_the_field() {
+        let err = parse(r#"{"generate": {"size": "big"}}"#).unwrap_err();
+        assert!(format!("{err:#}").contains("generate.size"), "{err:#}");
+        let err = parse(r#"{"generate": {"variants": {"rotate": [20, 1e999]}}}"#).unwrap_err();
+        assert!(format!("{err:#}").contains("generate.variants.rotate"), "{err:#}");
     }
 
     #[test]

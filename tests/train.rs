@@ -492,6 +492,17 @@ fn bad_inputs_give_errors_that_name_the_problem() {
     );
     std::fs::write(&bad, good).unwrap();
 
+    // A diverging run stops with a clear message instead of writing NaN weights.
+    let mut wild = cfg.clone();
+    wild.train.learning_rate = 1e30;
+    wild.train.epochs = 3;
+    let err = msg(&wild);
+    assert!(
+        err.contains("training stopped: the") && err.contains("loss became"),
+        "{err}"
+    );
+    assert!(!run.join("train/last.safetensors").exists());
+
     // Image size that does not fit the model.
     let mut odd = cfg.clone();
     odd.generate.size = 30;

@@ -11,6 +11,9 @@ use super::checkpoint::EpochRow;
 
 const FONT: &str = "sans-serif";
 
+/// A named line of a panel: its legend and how to read it from a row.
+type Line = (&'static str, fn(&EpochRow) -> f64);
+
 fn font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -29,7 +32,7 @@ pub fn curves(rows: &[EpochRow]) -> Result<RgbImage> {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
         let panels = root.split_evenly((1, 2));
-        let series: [(&str, [(&str, fn(&EpochRow) -> f64); 2]); 2] = [
+        let series: [(&str, [Line; 2]); 2] = [
             ("loss", [("loss", |r| r.loss), ("val_loss", |r| r.val_loss)]),
             (
                 "dice_coef",

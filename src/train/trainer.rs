@@ -178,16 +178,10 @@ pub fn train_run(cfg: &Config, choice: DeviceChoice, resume: bool) -> Result<Tra
             let (lv, dv) = (loss.double_value(&[]), dice.double_value(&[]));
             if !lv.is_finite() {
                 bar.abandon();
-                let last = checkpoint::paths(&out, "last").0;
                 bail!(
-                    "training stopped: the loss became {lv} at epoch {epoch}, step {} (lr {lr:.3e}); \
-                     {}",
+                    "training stopped: the loss became {lv} at epoch {epoch}, step {} (lr {lr:.3e}); {}",
                     seen / t.batch_size + 1,
-                    if st.epoch > 0 {
-                        format!("the last good checkpoint is {} (epoch {})", last.display(), st.epoch)
-                    } else {
-                        "no checkpoint was written yet".to_string()
-                    }
+                    last_good(&out, &st)
                 );
             }
             opt.step(t.clip_value);
@@ -212,7 +206,10 @@ pub fn train_run(cfg: &Config, choice: DeviceChoice, resume: bool) -> Result<Tra
         let (val_loss, val_dice) =
             loss_and_dice(&unet, &valid, t.batch_size, size, device, t.max_valid_steps)?;
         if !val_loss.is_finite() {
-            bail!("training stopped: the validation loss became {val_loss} at epoch {epoch}");
+            bail!(
+                "training stopped: the validation loss became {val_loss} at epoch {epoch} (lr {lr:.3e}); {}",
+                last_good(&out, &st)
+            );
         }
 
         let improved = val_loss < st.best_val_loss;
@@ -291,6 +288,19 @@ pub fn train_run(cfg: &Config, choice: DeviceChoice, resume: bool) -> Result<Tra
         out.display()
     );
     Ok(TrainReport::from_state(device, &st))
+}
+
+/// Where the last checkpoint written before a failure is (nothing after it was saved).
+fn last_good(out: &Path, st: &TrainState) -> String {
+    if st.epoch > 0 {
+        format!(
+            "the last good checkpoint is {} (epoch {}); try a lower `train.learning_rate`",
+            checkpoint::paths(out, "last").0.display(),
+            st.epoch
+        )
+    } else {
+        "no checkpoint was written yet; try a lower `train.learning_rate`".to_string()
+    }
 }
 
 /// A fresh run replaces the outputs of an earlier one, so no stale checkpoint outlives it.

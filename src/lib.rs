@@ -7,8 +7,16 @@
 pub mod augment;
 pub mod cli;
 pub mod config;
+pub mod dataset;
+pub mod font;
+pub mod generate;
+pub mod io;
+pub mod manifest;
+pub mod plot;
 pub mod prep;
 pub mod rng;
+pub mod split;
+pub mod stats;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod train_config;
@@ -24,6 +32,27 @@ use config::Config;
 /// rest were processed); `Err` is a fatal error, printed with its context chain by `main`.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Synth(a) => {
+            let opts = dataset::synth::SynthOptions {
+                count: a.count,
+                seed: a.seed,
+                width: a.size.0,
+                height: a.size.1,
+            };
+            dataset::synth::write_synthetic(&a.out, &opts)?;
+            println!(
+                "wrote a synthetic DIARETDB1 tree with {} images to {}",
+                a.count,
+                a.out.display()
+            );
+        }
+        Command::Generate(a) => {
+            let cfg = load_generate(&a)?;
+            return run_generate(&cfg, &a);
+        }
+        Command::Split(a) => run_split(&load(&a)?)?,
+        Command::Stats(a) => run_stats(&load(&a)?)?,
+        Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
             let cfg = load(&a.dev.common)?;
             training::train(&cfg, a.dev.device, a.resume)?;
@@ -36,9 +65,125 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = Config::load(&a.config)?;
             training::infer(&cfg, a.device, a.images.as_deref(), a.out.as_deref())?;
         }
-        _ => anyhow::bail!("not implemented yet"),
+        Command::Preview(_) => anyhow::bail!("preview is not implemented yet"),
+        Command::All(a) => {
+            let cfg = load_generate(&a.generate)?;
+            let code = run_generate(&cfg, &a.generate)?;
+            if code != ExitCode::SUCCESS {
+                anyhow::bail!("generation had errors (listed above); stopping before split");
+            }
+            run_split(&cfg)?;
+            run_stats(&cfg)?;
+            if !a.no_train {
+                training::train(&cfg, a.device, false)?;
+                training::evaluate(&cfg, a.device)?;
+                training::infer(&cfg, a.device, None, None)?;
+            }
+            println!(
+                "all stages done; everything is under {}",
+                cfg.run_dir().display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn load_generate(a: &cli::GenerateArgs) -> Result<Config> {
+    let mut cfg = load(&a.common)?;
+    if let Some(data) = &a.data {
+        cfg.data = data.clone();
+    }
+    Ok(cfg)
+}
+
+fn run_generate(cfg: &Config, a: &cli::GenerateArgs) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let opts = generate::GenerateOptions {
+        threads: a.threads,
+        force: a.force,
+        resume: a.resume,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let r = generate::generate(cfg, &opts)?;
+    for f in &r.ignored {
+        eprintln!("warning: ignoring non-image file {}", f.display());
+    }
+    println!(
+        "generated {} pairs from {} sources in {:.2} s ({:.1} pairs/s){} -> {}",
+        r.pairs,
+        r.sources,
+        r.seconds,
+        r.pairs_per_second(),
+        if r.reused > 0 {
+            format!(", {} kept from the interrupted run", r.reused)
+        } else {
+            String::new()
+        },
+        r.run_dir.join("master").display()
+    );
+    if r.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("error: {} source(s) failed:", r.failed.len());
+    for p in &r.failed {
+        eprintln!("  {}: {}", p.stem, p.message);
+    }
+    Ok(ExitCode::from(2))
+}
+
+fn run_split(cfg: &Config) -> Result<()> {
+    let r = split::split(cfg)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    let parts: Vec<String> = split::SPLITS
+        .iter()
+        .map(|s| format!("{s} {} pairs / {} sources", r.pairs[*s], r.sources[*s]))
+        .collect();
+    println!(
+        "split ({:?}): {} -> {}",
+        cfg.split.mode,
+        parts.join(", "),
+        cfg.run_dir().join("dataset").display()
+    );
+    Ok(())
+}
+
+fn run_stats(cfg: &Config) -> Result<()> {
+    let s = stats::stats(cfg)?;
+    print!("{}", stats::summary(&s));
+    println!(
+        "statistics -> {} and {}",
+        cfg.run_dir().join("stats.json").display(),
+        cfg.run_dir().join("stats.png").display()
+    );
+    Ok(())
+}
+
+fn run_verify(cfg: &Config) -> Result<ExitCode> {
+    let r = manifest::verify(&cfg.run_dir())?;
+    for (what, list) in [
+        ("changed", &r.changed),
+        ("missing", &r.missing),
+        ("extra", &r.extra),
+    ] {
+        for f in list {
+            println!("{what}: {f}");
+        }
+    }
+    if r.is_clean() {
+        println!("verified {} files: all match manifest.json", r.checked);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "verify failed: {} changed, {} missing, {} extra (of {} listed files)",
+            r.changed.len(),
+            r.missing.len(),
+            r.extra.len(),
+            r.checked
+        );
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// Loads the config and applies the command-line overrides.

@@ -41,7 +41,11 @@ pub fn binarize(gt: &GrayImage, threshold: f64) -> GrayImage {
     let min = (threshold * 252.0).ceil().max(1.0);
     let min = if min > 255.0 { 256 } else { min as u16 };
     GrayImage::from_fn(gt.width(), gt.height(), |x, y| {
-        Luma([if u16::from(gt.get_pixel(x, y)[0]) >= min { 255 } else { 0 }])
+        Luma([if u16::from(gt.get_pixel(x, y)[0]) >= min {
+            255
+        } else {
+            0
+        }])
     })
 }
 
@@ -51,11 +55,23 @@ pub fn fill_colour(img: &RgbImage) -> Rgb<u8> {
 }
 
 /// Pads `img` to a centred square of `fill` and resizes it to `size` (anti-aliased bilinear).
-pub fn square_image(img: &RgbImage, fill: Rgb<u8>, size: u32) -> Result<(RgbImage, SquareGeometry)> {
+pub fn square_image(
+    img: &RgbImage,
+    fill: Rgb<u8>,
+    size: u32,
+) -> Result<(RgbImage, SquareGeometry)> {
     let g = SquareGeometry::new(img.width(), img.height(), size);
     let mut sq = RgbImage::from_pixel(g.side, g.side, fill);
     image::imageops::replace(&mut sq, img, i64::from(g.pad_x), i64::from(g.pad_y));
-    let out = resize(sq.into_raw(), g.side, g.side, size, size, PixelType::U8x3, FilterType::Bilinear)?;
+    let out = resize(
+        sq.into_raw(),
+        g.side,
+        g.side,
+        size,
+        size,
+        PixelType::U8x3,
+        FilterType::Bilinear,
+    )?;
     Ok((RgbImage::from_raw(size, size, out).expect("buffer size"), g))
 }
 
@@ -64,8 +80,20 @@ pub fn square_mask(mask: &GrayImage, size: u32) -> Result<GrayImage> {
     let g = SquareGeometry::new(mask.width(), mask.height(), size);
     let mut sq = GrayImage::new(g.side, g.side);
     image::imageops::replace(&mut sq, mask, i64::from(g.pad_x), i64::from(g.pad_y));
-    let filter = if size <= g.side { FilterType::Box } else { FilterType::Bilinear };
-    let mut out = resize(sq.into_raw(), g.side, g.side, size, size, PixelType::U8, filter)?;
+    let filter = if size <= g.side {
+        FilterType::Box
+    } else {
+        FilterType::Bilinear
+    };
+    let mut out = resize(
+        sq.into_raw(),
+        g.side,
+        g.side,
+        size,
+        size,
+        PixelType::U8,
+        filter,
+    )?;
     for v in &mut out {
         *v = if *v >= 128 { 255 } else { 0 };
     }
@@ -99,7 +127,15 @@ pub fn unsquare(map: &GrayImage, g: &SquareGeometry) -> Result<GrayImage> {
         g.size,
         g.size
     );
-    let big = resize(map.as_raw().clone(), g.size, g.size, g.side, g.side, PixelType::U8, FilterType::Bilinear)?;
+    let big = resize(
+        map.as_raw().clone(),
+        g.size,
+        g.size,
+        g.side,
+        g.side,
+        PixelType::U8,
+        FilterType::Bilinear,
+    )?;
     let big = GrayImage::from_raw(g.side, g.side, big).expect("buffer size");
     Ok(image::imageops::crop_imm(&big, g.pad_x, g.pad_y, g.orig_w, g.orig_h).to_image())
 }
@@ -139,10 +175,22 @@ mod tests {
     fn squaring_keeps_a_lesion_where_it_was() {
         // 300x200 with a lesion block at x 200..240, y 80..120; pad_y = 50, scale 100/300.
         let img = RgbImage::from_fn(300, 200, |x, y| {
-            Rgb([if (200..240).contains(&x) && (80..120).contains(&y) { 250 } else { 10 }, 0, 0])
+            Rgb([
+                if (200..240).contains(&x) && (80..120).contains(&y) {
+                    250
+                } else {
+                    10
+                },
+                0,
+                0,
+            ])
         });
         let mask = GrayImage::from_fn(300, 200, |x, y| {
-            Luma([if (200..240).contains(&x) && (80..120).contains(&y) { 255 } else { 0 }])
+            Luma([if (200..240).contains(&x) && (80..120).contains(&y) {
+                255
+            } else {
+                0
+            }])
         });
         let p = prepare(&img, &mask, 100).unwrap();
         assert_eq!(p.fill, Rgb([10, 0, 0]));
@@ -155,7 +203,10 @@ mod tests {
         let n = on.len() as f64;
         let cx = on.iter().map(|p| f64::from(p.0)).sum::<f64>() / n;
         let cy = on.iter().map(|p| f64::from(p.1)).sum::<f64>() / n;
-        assert!((cx - 73.0).abs() < 1.0 && (cy - 50.0).abs() < 1.0, "{cx} {cy}");
+        assert!(
+            (cx - 73.0).abs() < 1.0 && (cy - 50.0).abs() < 1.0,
+            "{cx} {cy}"
+        );
         assert!(p.image.get_pixel(73, 50)[0] > 200);
         // Round trip to the original frame.
         let g = SquareGeometry::new(300, 200, 100);

@@ -73,7 +73,10 @@ mod tests {
         // Output pixel above the centre must come from the source pixel right of the centre.
         let m = rotation(90.0, 11, 11);
         let (sx, sy) = apply(&m, 5.0, 2.0);
-        assert!((sx - 8.0).abs() < 1e-9 && (sy - 5.0).abs() < 1e-9, "{sx} {sy}");
+        assert!(
+            (sx - 8.0).abs() < 1e-9 && (sy - 5.0).abs() < 1e-9,
+            "{sx} {sy}"
+        );
     }
 
     #[test]

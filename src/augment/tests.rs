@@ -48,7 +48,11 @@ fn all_variants() -> Vec<Variant> {
     };
     let mut v = plan(&cfg);
     cfg.lens.chained = true;
-    v.extend(plan(&cfg).into_iter().filter(|v| matches!(v, Variant::Lens(_))));
+    v.extend(
+        plan(&cfg)
+            .into_iter()
+            .filter(|v| matches!(v, Variant::Lens(_))),
+    );
     v
 }
 
@@ -59,7 +63,12 @@ fn every_variant_keeps_image_and_mask_aligned() {
         let out = v.apply(&src, 7, "image001");
         assert!(out.mask.pixels().all(|m| m[0] == 0 || m[0] == 255));
         let a = agreement(&out);
-        assert!(a >= 0.99, "{}: mask == (red > 127) on only {:.4}", v.name(), a);
+        assert!(
+            a >= 0.99,
+            "{}: mask == (red > 127) on only {:.4}",
+            v.name(),
+            a
+        );
         let fg = out.mask.pixels().filter(|m| m[0] == 255).count();
         assert!(fg > 1000, "{} lost the lesions ({fg} px)", v.name());
     }
@@ -110,10 +119,22 @@ fn rotating_by_90_moves_a_right_blob_to_the_top() {
     // A single bright pixel-block right of the centre ends up above it (counter-clockwise).
     let n = 65;
     let image = RgbImage::from_fn(n, n, |x, y| {
-        Rgb([if (48..52).contains(&x) && (30..34).contains(&y) { 255 } else { 0 }, 0, 0])
+        Rgb([
+            if (48..52).contains(&x) && (30..34).contains(&y) {
+                255
+            } else {
+                0
+            },
+            0,
+            0,
+        ])
     });
     let mask = GrayImage::new(n, n);
-    let src = Pair { image, mask, fill: Rgb([0, 0, 0]) };
+    let src = Pair {
+        image,
+        mask,
+        fill: Rgb([0, 0, 0]),
+    };
     let out = Variant::Rotate(90.0).apply(&src, 0, "s");
     let (mut sx, mut sy, mut k) = (0.0, 0.0, 0.0);
     for (x, y, p) in out.image.enumerate_pixels() {
@@ -124,7 +145,10 @@ fn rotating_by_90_moves_a_right_blob_to_the_top() {
         }
     }
     let (cx, cy) = (sx / k, sy / k);
-    assert!((cx - 31.5).abs() < 1.0 && (cy - 14.5).abs() < 1.0, "{cx} {cy}");
+    assert!(
+        (cx - 31.5).abs() < 1.0 && (cy - 14.5).abs() < 1.0,
+        "{cx} {cy}"
+    );
 }
 
 #[test]

@@ -1,0 +1,142 @@
+//! File output: encoders (fast PNG, JPEG) and atomic writes. Every file the tool writes goes to a
+//! temporary name in the target folder and is renamed into place, so a crash never leaves a
+//! half-written file under a real name.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync-free rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Serializes `value` as pretty JSON (with a final newline) and writes it atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("serializing JSON")?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+/// RGB PNG with fast compression (the default level is ~27x slower; SPEC section 10).
+pub fn encode_png_rgb(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(img.as_raw().len() / 2);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            ExtendedColorType::Rgb8,
+        )
+        .context("PNG encoding failed")?;
+    Ok(out)
+}
+
+/// 1-channel 8-bit PNG with fast compression.
+pub fn encode_png_gray(img: &GrayImage) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            ExtendedColorType::L8,
+        )
+        .context("PNG encoding failed")?;
+    Ok(out)
+}
+
+/// RGB JPEG at `quality` (1..=100).
+pub fn encode_jpeg_rgb(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            ExtendedColorType::Rgb8,
+        )
+        .context("JPEG encoding failed")?;
+    Ok(out)
+}
+
+/// Decodes an image file, with an error that names the file and says what is wrong with it.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    decode_image(path, &bytes)
+}
+
+/// Decodes `bytes` read from `path` (the path is only for messages and the format guess).
+pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage> {
+    if bytes.is_empty() {
+        anyhow::bail!("{} is empty (0 bytes)", path.display());
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if reader.format().is_none() {
+        anyhow::bail!("{} is not an image file (unknown format)", path.display());
+    }
+    reader
+        .decode()
+        .with_context(|| format!("{} is corrupt or truncated", path.display()))
+}
+
+/// blake3 of bytes, hex.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// blake3 of a file's contents, hex.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporaries() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn decode_errors_name_the_file_and_the_problem() {
+        let p = Path::new("x/image001.png");
+        let e = decode_image(p, b"").unwrap_err().to_string();
+        assert!(e.contains("image001.png") && e.contains("empty"), "{e}");
+        let e = format!("{:#}", decode_image(p, b"hello, not a png").unwrap_err());
+        assert!(e.contains("image001.png"), "{e}");
+        let mut png = encode_png_gray(&GrayImage::new(32, 32)).unwrap();
+        png.truncate(png.len() / 2);
+        let e = format!("{:#}", decode_image(p, &png).unwrap_err());
+        assert!(e.contains("corrupt or truncated"), "{e}");
+    }
+}

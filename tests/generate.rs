@@ -1,0 +1,223 @@
+//! `pipeline generate` / `split` / `stats` / `verify` through the binary on tiny synthetic data.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn small_config(dir: &std::path::Path, data: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let json = format!(
+        r#"{{
+  "name": "t", "seed": 5, "data": "{}", "out": "{}",
+  "generate": {{ "size": 64, "variants": {{ "rotate": [30, 200], "distort": [0.03], "distort_sigma": 8,
+    "elastic": [{{"alpha": 60, "sigma": 4}}] }} }}{extra}
+}}"#,
+        data.display(),
+        dir.join("out").display()
+    );
+    config(dir, "cfg", &json)
+}
+
+fn manifest(dir: &std::path::Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("out/t/manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn same_config_same_bytes_with_1_and_4_threads() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 5, 120, 90);
+    let mut trees = Vec::new();
+    for (i, threads) in ["1", "4", "4"].iter().enumerate() {
+        let run = d.path().join(format!("run{i}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let cfg = small_config(&run, &data, "");
+        let out = pipeline_ok(&[
+            "generate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--threads",
+            threads,
+        ]);
+        assert!(out.contains("generated 100 pairs from 5 sources"), "{out}");
+        let master = tree(&run.join("out/t/master"));
+        trees.push((
+            master,
+            std::fs::read(run.join("out/t/manifest.json")).unwrap(),
+        ));
+    }
+    assert_eq!(trees[0].0.len(), 200);
+    assert!(trees[0] == trees[1], "1 thread and 4 threads differ");
+    assert!(trees[1] == trees[2], "two runs differ");
+}
+
+#[test]
+fn masks_are_one_channel_png_with_only_0_and_255() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 2, 100, 100);
+    let cfg = small_config(d.path(), &data, "");
+    pipeline_ok(&["generate", "--config", cfg.to_str().unwrap()]);
+    let masks = d.path().join("out/t/master/masks");
+    let mut n = 0;
+    let mut fg = 0;
+    for e in std::fs::read_dir(&masks).unwrap() {
+        let img = image::open(e.unwrap().path()).unwrap();
+        assert!(
+            matches!(img, image::DynamicImage::ImageLuma8(_)),
+            "not 1-channel 8-bit"
+        );
+        let g = img.to_luma8();
+        assert!(g.pixels().all(|p| p[0] == 0 || p[0] == 255));
+        fg += g.pixels().filter(|p| p[0] == 255).count();
+        n += 1;
+    }
+    assert_eq!(n, 40);
+    assert!(fg > 0);
+}
+
+#[test]
+fn by_source_split_has_no_leak_and_test_holds_originals() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 10, 80, 80);
+    let cfg = small_config(d.path(), &data, "");
+    let c = cfg.to_str().unwrap();
+    pipeline_ok(&["generate", "--config", c]);
+    let out = pipeline_ok(&["split", "--config", c]);
+    assert!(out.contains("train 160 pairs / 8 sources"), "{out}");
+    let m = manifest(d.path());
+    let mut seen = std::collections::HashMap::new();
+    for p in m["pairs"].as_array().unwrap() {
+        let Some(split) = p["split"].as_str() else {
+            continue;
+        };
+        let prev = seen.insert(p["source"].as_str().unwrap().to_string(), split.to_string());
+        assert!(
+            prev.is_none() || prev.as_deref() == Some(split),
+            "{} leaks",
+            p["source"]
+        );
+        if split == "test" {
+            assert_eq!(p["variant"], "orig");
+        }
+    }
+    for split in ["train", "valid", "test"] {
+        assert!(
+            d.path()
+                .join(format!("out/t/dataset/{split}/images"))
+                .read_dir()
+                .unwrap()
+                .count()
+                > 0
+        );
+    }
+    // Stats and verify on the split tree.
+    let out = pipeline_ok(&["stats", "--config", c]);
+    assert!(out.contains("train:"), "{out}");
+    let stats: Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("out/t/stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["schema"], "fundus-pipeline/stats/v1");
+    assert_eq!(stats["splits"]["train"]["pairs"], 160);
+    assert_eq!(stats["splits"]["test"]["pairs"], 1);
+    assert_eq!(stats["counts"]["train"]["rotate_30"], 8);
+    let fg = stats["splits"]["train"]["foreground_fraction"]["mean"]
+        .as_f64()
+        .unwrap();
+    assert!(fg > 0.005 && fg < 0.1, "{fg}");
+    assert!(d.path().join("out/t/stats.png").is_file());
+    let out = pipeline_ok(&["verify", "--config", c]);
+    assert!(out.contains("all match"), "{out}");
+}
+
+#[test]
+fn official_split_follows_the_lists_without_leak() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 9, 64, 64);
+    let cfg = small_config(d.path(), &data, r#", "split": {"mode": "official"}"#);
+    let c = cfg.to_str().unwrap();
+    pipeline_ok(&["generate", "--config", c]);
+    pipeline_ok(&["split", "--config", c]);
+    let m = manifest(d.path());
+    let sources = &m["split"]["sources"];
+    // Lists: every third image is test.
+    assert_eq!(
+        sources["test"],
+        serde_json::json!(["image003", "image006", "image009"])
+    );
+    let train: Vec<&str> = sources["train"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let valid: Vec<&str> = sources["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(train.len() + valid.len(), 6);
+    assert_eq!(valid.len(), 1);
+    assert!(train.iter().all(|s| !valid.contains(s)));
+}
+
+#[test]
+fn reference_preset_counts_on_89_sources() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 89, 48, 40);
+    let preset = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("generator-configs/hemorrhages-reference.json"),
+    )
+    .unwrap();
+    let mut cfg: Value = serde_json::from_str(&preset).unwrap();
+    cfg["data"] = data.display().to_string().into();
+    cfg["out"] = d.path().join("out").display().to_string().into();
+    cfg["generate"]["size"] = 32.into(); // counts do not depend on the size
+    let path = config(d.path(), "ref", &cfg.to_string());
+    let c = path.to_str().unwrap();
+    let out = pipeline_ok(&["generate", "--config", c]);
+    assert!(
+        out.contains("generated 2937 pairs from 89 sources"),
+        "{out}"
+    );
+    let out = pipeline(&["split", "--config", c]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("train 2349 pairs"), "{stdout}");
+    assert!(stdout.contains("valid 440 pairs"), "{stdout}");
+    assert!(stdout.contains("test 148 pairs"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("by-file"),
+        "no leak warning"
+    );
+}
+
+#[test]
+fn verify_reports_changed_missing_and_extra_files() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 3, 64, 64);
+    let cfg = small_config(d.path(), &data, "");
+    let c = cfg.to_str().unwrap();
+    pipeline_ok(&["generate", "--config", c]);
+    pipeline_ok(&["verify", "--config", c]);
+    let master = d.path().join("out/t/master");
+    std::fs::write(master.join("images/image001_hflip.png"), b"changed").unwrap();
+    std::fs::remove_file(master.join("masks/image002_vflip.png")).unwrap();
+    std::fs::write(master.join("images/stray.png"), b"x").unwrap();
+    let out = pipeline(&["verify", "--config", c]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("changed: master/images/image001_hflip.png"),
+        "{s}"
+    );
+    assert!(
+        s.contains("missing: master/masks/image002_vflip.png"),
+        "{s}"
+    );
+    assert!(s.contains("extra: master/images/stray.png"), "{s}");
+}

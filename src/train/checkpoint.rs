@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use super::io::{write_atomic, write_bytes};
+use super::io::write_atomic_with;
+use crate::io::write_json;
 use crate::train_config::ModelConfig;
 
 pub const FORMAT: &str = "fundus-pipeline/checkpoint/v1";
@@ -68,12 +69,11 @@ pub fn optim_path(dir: &Path) -> PathBuf {
 /// always describes weights at least as new as itself).
 pub fn save(dir: &Path, name: &str, vs: &VarStore, state: &TrainState) -> Result<()> {
     let (weights, json) = paths(dir, name);
-    write_atomic(&weights, |tmp| {
+    write_atomic_with(&weights, |tmp| {
         vs.save(tmp)
             .with_context(|| format!("cannot save weights to {}", tmp.display()))
     })?;
-    let text = serde_json::to_string_pretty(state)?;
-    write_bytes(&json, text.as_bytes())
+    write_json(&json, state)
 }
 
 pub fn read_state(json: &Path) -> Result<TrainState> {

@@ -12,6 +12,8 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
+use crate::io::open_image;
+
 /// One image/mask pair of a split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
@@ -130,12 +132,8 @@ fn list(names: &[&str]) -> String {
 
 /// Decodes one pair: RGB image and a {0,1} mask, both `size` x `size`.
 pub fn load_sample(s: &Sample, size: u32) -> Result<(Vec<u8>, Vec<u8>)> {
-    let img = image::open(&s.image)
-        .with_context(|| format!("cannot read image {}", s.image.display()))?
-        .to_rgb8();
-    let mask = image::open(&s.mask)
-        .with_context(|| format!("cannot read mask {}", s.mask.display()))?
-        .to_luma8();
+    let img = open_image(&s.image)?.to_rgb8();
+    let mask = open_image(&s.mask)?.to_luma8();
     for (what, path, dims) in [
         ("image", &s.image, img.dimensions()),
         ("mask", &s.mask, mask.dimensions()),

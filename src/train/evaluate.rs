@@ -13,6 +13,7 @@ use super::unet::UNet;
 use super::{check_size, checkpoint, device, io, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
+use crate::io::{write_atomic, write_json};
 
 pub const THRESHOLD: f32 = 0.5;
 
@@ -77,7 +78,7 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
     };
 
     let csv = format!("loss,{}\ndice_coef,{}\n", report.loss, report.dice_coef);
-    io::write_bytes(&out.join("evaluation.csv"), csv.as_bytes())?;
+    write_atomic(&out.join("evaluation.csv"), csv.as_bytes())?;
     let cases: Vec<serde_json::Value> = report
         .per_image
         .iter()
@@ -112,10 +113,7 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
         "pooled": report.pooled.to_json(),
         "metric_per_case": cases,
     });
-    io::write_bytes(
-        &out.join("evaluation.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    write_json(&out.join("evaluation.json"), &summary)?;
     let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
     println!(
         "evaluate: {} test images, loss {:.4}, dice_coef {:.4}; at {THRESHOLD}: mean Dice {}, pooled Dice {} IoU {}; written to {}",

@@ -15,6 +15,7 @@ use super::unet::UNet;
 use super::{check_size, checkpoint, device, io, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
+use crate::io::{encode_png_gray, encode_png_rgb, open_image, write_atomic};
 use crate::prep::{fill_colour, square_image, unsquare, SquareGeometry};
 
 /// Files written for one input.
@@ -108,9 +109,7 @@ pub fn infer_run(
 
     let mut written = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let img = image::open(&input)
-            .with_context(|| format!("cannot read image {}", input.display()))?
-            .to_rgb8();
+        let img = open_image(&input)?.to_rgb8();
         let (sq, geom) = square_image(&img, fill_colour(&img), size)?;
         let x = images_tensor(sq.as_raw(), 1, i64::from(size), device);
         let probs = probs_to_vec(&tch::no_grad(|| {
@@ -141,9 +140,9 @@ pub fn infer_run(
             overlay: out.join(format!("{stem}_overlay.png")),
             input,
         };
-        io::write_bytes(&o.mask, &io::png_gray(&mask)?)?;
-        io::write_bytes(&o.green, &io::png_rgb(&green)?)?;
-        io::write_bytes(&o.overlay, &io::png_rgb(&overlay)?)?;
+        write_atomic(&o.mask, &encode_png_gray(&mask)?)?;
+        write_atomic(&o.green, &encode_png_rgb(&green)?)?;
+        write_atomic(&o.overlay, &encode_png_rgb(&overlay)?)?;
         let lesion = mask.pixels().filter(|p| p[0] > 0).count();
         println!(
             "infer: {} -> {} ({}x{}, {:.2}% lesion)",

@@ -1,31 +1,20 @@
 //! Training curves as PNG (plotters, bitmap backend, the bundled DejaVu Sans Mono font).
 
-use std::sync::Once;
-
 use anyhow::{anyhow, Result};
 use image::RgbImage;
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 
 use super::checkpoint::EpochRow;
 
+/// The family `crate::font::register_plotters_font` registers.
 const FONT: &str = "sans-serif";
 
 /// A named line of a panel: its legend and how to read it from a row.
 type Line = (&'static str, fn(&EpochRow) -> f64);
 
-fn font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-        // The bundled font always parses; a failure would only lose the text.
-        let _ = register_font(FONT, FontStyle::Normal, bytes);
-    });
-}
-
 /// Two panels: loss / val_loss and dice_coef / val_dice_coef per epoch.
 pub fn curves(rows: &[EpochRow]) -> Result<RgbImage> {
-    font();
+    crate::font::register_plotters_font();
     let (w, h) = (1200u32, 450u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {

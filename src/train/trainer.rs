@@ -19,6 +19,7 @@ use super::unet::{param_count, UNet};
 use super::{check_size, device, io, plot, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
+use crate::io::{encode_jpeg_rgb, encode_png_rgb, write_atomic};
 use crate::rng::rng_for;
 
 /// What a training run did (the files hold the same; tests read this).
@@ -252,11 +253,11 @@ pub fn train_run(cfg: &Config, choice: DeviceChoice, resume: bool) -> Result<Tra
         if improved {
             checkpoint::save(&out, "best", &vs, &st)?;
         }
-        io::write_atomic(&checkpoint::optim_path(&out), |tmp| opt.save(tmp))?;
+        io::write_atomic_with(&checkpoint::optim_path(&out), |tmp| opt.save(tmp))?;
         checkpoint::save(&out, "last", &vs, &st)?;
         write_csvs(&out, &st.history)?;
         let curves = plot::curves(&st.history)?;
-        io::write_bytes(&out.join("train_curves.png"), &io::png_rgb(&curves)?)?;
+        write_atomic(&out.join("train_curves.png"), &encode_png_rgb(&curves)?)?;
         if let Some(p) = &preview {
             write_previews(&out, epoch, &unet, p, device)?;
         }
@@ -377,8 +378,8 @@ fn write_csvs(out: &Path, rows: &[EpochRow]) -> Result<()> {
             r.epoch, r.dice_coef, r.val_dice_coef
         ));
     }
-    io::write_bytes(&out.join("train_losses.csv"), losses.as_bytes())?;
-    io::write_bytes(&out.join("train_metrics.csv"), metrics.as_bytes())
+    write_atomic(&out.join("train_losses.csv"), losses.as_bytes())?;
+    write_atomic(&out.join("train_metrics.csv"), metrics.as_bytes())
 }
 
 /// `Epoch_<e>_<stem>.jpg`: input | ground truth | predicted probability, side by side.
@@ -411,9 +412,9 @@ fn write_previews(
                 }
             }
         });
-        io::write_bytes(
+        write_atomic(
             &out.join(format!("Epoch_{epoch}_{stem}.jpg")),
-            &io::jpeg_rgb(&sheet, 90)?,
+            &encode_jpeg_rgb(&sheet, 90)?,
         )?;
     }
     Ok(())

@@ -59,6 +59,8 @@ pub fn curves(rows: &[EpochRow]) -> Result<RgbImage> {
             chart
                 .configure_mesh()
                 .x_desc("epoch")
+                .x_labels(((last - first) + 1).min(10))
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .label_style((FONT, 13))
                 .draw()
                 .map_err(|e| anyhow!("plot: {e}"))?;

@@ -7,6 +7,8 @@
 #
 #   PIPELINE_BIN   the binary (default: target/release/pipeline)
 #   WORK           scratch folder (default: a new temporary folder)
+#   DATA           a diaretdb1_v_1_1 folder to generate from (default: `pipeline synth` makes one;
+#                  without either, the training-on-data part is skipped)
 #
 # What it does, in about 5 minutes on an H100:
 #   1. points LD_LIBRARY_PATH at the machine's torch/lib and checks that `pipeline` uses CUDA;
@@ -45,6 +47,7 @@ gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 
 peak_of() { # peak_of LOGFILE CMD...: runs CMD, prints its output to LOGFILE, echoes peak MiB
   local log=$1; shift
   local idle; idle=$(gpu_mem)
+  : >"$log.mem"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 100 >"$log.mem" 2>/dev/null &
   local mon=$!
   local rc=0
@@ -92,10 +95,18 @@ fi
 grep "^train: device" cuda.log
 
 echo "== dataset"
-"$bin" synth --out "$work/data" --count 10 --seed 1
-"$bin" generate --config fp32.json
-"$bin" split --config fp32.json
-for s in train valid test; do echo "$s: $(ls out/gpucheck/dataset/$s/images | wc -l) pairs"; done
+have_data=1
+if [ -n "${DATA:-}" ]; then
+  ln -sfn "$(cd "$DATA" && pwd)" "$work/data"
+elif ! "$bin" synth --out "$work/data" --count 10 --seed 1; then
+  have_data=0
+fi
+if [ $have_data = 1 ] && "$bin" generate --config fp32.json && "$bin" split --config fp32.json; then
+  for s in train valid test; do echo "$s: $(ls out/gpucheck/dataset/$s/images | wc -l) pairs"; done
+else
+  have_data=0
+  echo "gpu-check: no dataset (set DATA to a diaretdb1_v_1_1 folder); skipping the training on data" >&2
+fi
 
 echo "== pipeline, random inputs (torch_unet_ref.py's protocol), $steps steps"
 declare -A ips mem
@@ -107,13 +118,16 @@ done
 
 echo "== pipeline, training on the generated set (1 epoch, $steps steps), then evaluate and infer"
 for p in fp32 bf16; do
+  [ $have_data = 1 ] || { ips[train_$p]=skipped; mem[train_$p]=-; continue; }
   mem[train_$p]=$(peak_of "train_$p.log" "$bin" train --config $p.json --device cuda)
   grep -E "^(train|epoch)" "train_$p.log"
   ips[train_$p]=$(grep -o '[0-9.]* images/s' "train_$p.log" | tail -1 | cut -d' ' -f1)
 done
-"$bin" evaluate --config bf16.json --device cuda
-"$bin" infer --config bf16.json --device cuda | tail -3
-ls out/gpucheck/train out/gpucheck/eval
+if [ $have_data = 1 ]; then
+  "$bin" evaluate --config bf16.json --device cuda
+  "$bin" infer --config bf16.json --device cuda | tail -3
+  ls out/gpucheck/train out/gpucheck/eval
+fi
 
 echo "== PyTorch eager reference, same size, batch and steps"
 for p in fp32 bf16; do

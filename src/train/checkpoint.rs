@@ -13,7 +13,7 @@ use tch::Tensor;
 
 use super::io::write_atomic_with;
 use crate::io::write_json;
-use crate::train_config::ModelConfig;
+use crate::train_config::{ModelConfig, TrainConfig};
 
 pub const FORMAT: &str = "fundus-pipeline/checkpoint/v1";
 
@@ -52,6 +52,32 @@ pub struct TrainState {
     pub plateau_wait: usize,
     pub stopped_early: bool,
     pub history: Vec<EpochRow>,
+}
+
+impl TrainState {
+    /// Books an epoch's validation loss: best so far (strictly lower), reduce-on-plateau
+    /// (`lr *= reduce_lr_factor`, not below `min_lr`, after `reduce_lr_patience` epochs without
+    /// improvement; the wait restarts after a reduction, as in Keras) and early stopping. Returns
+    /// whether the loss improved.
+    pub fn after_validation(&mut self, epoch: usize, val_loss: f64, t: &TrainConfig) -> bool {
+        let improved = val_loss < self.best_val_loss;
+        if improved {
+            self.best_val_loss = val_loss;
+            self.best_epoch = epoch;
+            self.epochs_without_improvement = 0;
+            self.plateau_wait = 0;
+        } else {
+            self.epochs_without_improvement += 1;
+            self.plateau_wait += 1;
+            if self.plateau_wait >= t.reduce_lr_patience {
+                self.lr = (self.lr * t.reduce_lr_factor).max(t.min_lr).min(self.lr);
+                self.plateau_wait = 0;
+            }
+        }
+        self.stopped_early = t.early_stopping_patience > 0
+            && self.epochs_without_improvement >= t.early_stopping_patience;
+        improved
+    }
 }
 
 pub fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -150,4 +176,62 @@ pub fn load_weights(vs: &mut VarStore, weights: &Path, model: &ModelConfig) -> R
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plateau_reduces_the_lr_and_patience_stops_the_run() {
+        let t = TrainConfig {
+            reduce_lr_patience: 2,
+            early_stopping_patience: 5,
+            learning_rate: 1.0,
+            min_lr: 0.1,
+            ..TrainConfig::default()
+        };
+        let mut st = TrainState {
+            format: FORMAT.into(),
+            model: ModelConfig::small(),
+            size: 64,
+            epoch: 0,
+            optimizer_step: 0,
+            lr: 1.0,
+            best_val_loss: f64::INFINITY,
+            best_epoch: 0,
+            epochs_without_improvement: 0,
+            plateau_wait: 0,
+            stopped_early: false,
+            history: vec![],
+        };
+        let mut lrs = vec![];
+        let mut improved = vec![];
+        // Improves at 1 and 2, then never again (an equal loss is no improvement).
+        for (e, v) in [0.9, 0.8, 0.8, 0.85, 0.9, 0.81, 0.95]
+            .into_iter()
+            .enumerate()
+        {
+            improved.push(st.after_validation(e + 1, v, &t));
+            lrs.push(st.lr);
+            if st.stopped_early {
+                break;
+            }
+        }
+        assert_eq!(improved, [true, true, false, false, false, false, false]);
+        // Reduced after 2 and 4 epochs without improvement: 1 -> 0.4 -> 0.16; then min_lr 0.1.
+        let expect = [1.0, 1.0, 1.0, 0.4, 0.4, 0.16, 0.16];
+        for (a, b) in lrs.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-12, "{lrs:?}");
+        }
+        assert_eq!((st.best_epoch, st.best_val_loss), (2, 0.8));
+        assert!(
+            st.stopped_early,
+            "5 epochs without improvement stop the run"
+        );
+        assert_eq!(st.epochs_without_improvement, 5);
+        st.plateau_wait = 1;
+        st.after_validation(8, 0.9, &t);
+        assert!((st.lr - 0.1).abs() < 1e-12, "never below min_lr");
+    }
 }

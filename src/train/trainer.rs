@@ -213,32 +213,17 @@ pub fn train_run(cfg: &Config, choice: DeviceChoice, resume: bool) -> Result<Tra
             );
         }
 
-        let improved = val_loss < st.best_val_loss;
-        if improved {
-            st.best_val_loss = val_loss;
-            st.best_epoch = epoch;
-            st.epochs_without_improvement = 0;
-            st.plateau_wait = 0;
-        } else {
-            st.epochs_without_improvement += 1;
-            st.plateau_wait += 1;
-            if st.plateau_wait >= t.reduce_lr_patience {
-                let new = (opt.lr * t.reduce_lr_factor).max(t.min_lr);
-                if new < opt.lr {
-                    println!(
-                        "train: val_loss has not improved for {} epochs: lr {:.3e} -> {new:.3e}",
-                        st.plateau_wait, opt.lr
-                    );
-                    opt.lr = new;
-                }
-                st.plateau_wait = 0;
-            }
+        let before = opt.lr;
+        let improved = st.after_validation(epoch, val_loss, t);
+        if st.lr < before {
+            println!(
+                "train: val_loss has not improved for {} epochs: lr {before:.3e} -> {:.3e}",
+                t.reduce_lr_patience, st.lr
+            );
         }
-        st.stopped_early = t.early_stopping_patience > 0
-            && st.epochs_without_improvement >= t.early_stopping_patience;
+        opt.lr = st.lr;
         st.epoch = epoch;
         st.optimizer_step = opt.step;
-        st.lr = opt.lr;
         st.history.push(EpochRow {
             epoch,
             loss: sum_loss / seen as f64,

@@ -1,0 +1,261 @@
+//! The split folders the generator writes: `<run>/dataset/<split>/{images,masks}/<stem>_<variant>.*`.
+//! Pairs by file stem (an image may be .jpg while its mask is .png), decodes per batch on a
+//! background thread (so the full 2937-pair set never sits in memory), and turns batches into
+//! tensors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use crate::io::open_image;
+
+/// One image/mask pair of a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub stem: String,
+    pub image: PathBuf,
+    pub mask: PathBuf,
+}
+
+const IMAGE_EXTS: [&str; 6] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
+
+/// Image files of a folder by stem (sorted); hidden and non-image files are skipped.
+pub fn image_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
+    for e in entries {
+        let path = e
+            .with_context(|| format!("cannot read folder {}", dir.display()))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        if !ext.is_some_and(|e| IMAGE_EXTS.contains(&e.as_str())) {
+            continue;
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .with_context(|| format!("file name is not UTF-8: {}", path.display()))?
+            .to_string();
+        if let Some(prev) = out.insert(stem, path.clone()) {
+            bail!(
+                "two files with the same stem in {}: {} and {}",
+                dir.display(),
+                prev.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The pairs of `<run>/dataset/<split>`, sorted by stem. Errors name the missing folder or the
+/// unpaired files.
+pub fn scan_split(run_dir: &Path, split: &str) -> Result<Vec<Sample>> {
+    let dir = run_dir.join("dataset").join(split);
+    let (img_dir, mask_dir) = (dir.join("images"), dir.join("masks"));
+    for d in [&img_dir, &mask_dir] {
+        if !d.is_dir() {
+            bail!(
+                "missing split folder {} (run `pipeline split` first)",
+                d.display()
+            );
+        }
+    }
+    let images = image_files(&img_dir)?;
+    let masks = image_files(&mask_dir)?;
+    let no_mask: Vec<&str> = images
+        .iter()
+        .filter(|(s, _)| !masks.contains_key(*s))
+        .map(|(_, p)| file_name(p))
+        .collect();
+    let no_image: Vec<&str> = masks
+        .iter()
+        .filter(|(s, _)| !images.contains_key(*s))
+        .map(|(_, p)| file_name(p))
+        .collect();
+    if !no_mask.is_empty() || !no_image.is_empty() {
+        bail!(
+            "split `{split}`: {} images and {} masks; images without a mask in {}: [{}]; \
+             masks without an image in {}: [{}]",
+            images.len(),
+            masks.len(),
+            mask_dir.display(),
+            list(&no_mask),
+            img_dir.display(),
+            list(&no_image)
+        );
+    }
+    ensure!(
+        !images.is_empty(),
+        "split folder {} holds no images",
+        img_dir.display()
+    );
+    Ok(images
+        .into_iter()
+        .map(|(stem, image)| {
+            let mask = masks[&stem].clone();
+            Sample { stem, image, mask }
+        })
+        .collect())
+}
+
+fn file_name(p: &Path) -> &str {
+    p.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+}
+
+fn list(names: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(", ... ({} in all)", names.len()));
+    }
+    s
+}
+
+/// Decodes one pair: RGB image and a {0,1} mask, both `size` x `size`.
+pub fn load_sample(s: &Sample, size: u32) -> Result<(Vec<u8>, Vec<u8>)> {
+    let img = open_image(&s.image)?.to_rgb8();
+    let mask = open_image(&s.mask)?.to_luma8();
+    for (what, path, dims) in [
+        ("image", &s.image, img.dimensions()),
+        ("mask", &s.mask, mask.dimensions()),
+    ] {
+        ensure!(
+            dims == (size, size),
+            "{what} {} is {}x{}, expected {size}x{size} (`generate.size`)",
+            path.display(),
+            dims.0,
+            dims.1
+        );
+    }
+    let mask = mask
+        .into_raw()
+        .into_iter()
+        .map(|v| u8::from(v >= 128))
+        .collect();
+    Ok((img.into_raw(), mask))
+}
+
+/// A decoded batch: NHWC RGB bytes and NHW {0,1} mask bytes.
+pub struct Batch {
+    pub stems: Vec<String>,
+    pub images: Vec<u8>,
+    pub masks: Vec<u8>,
+    pub size: u32,
+}
+
+impl Batch {
+    pub fn load(samples: &[&Sample], size: u32) -> Result<Batch> {
+        let loaded: Vec<(Vec<u8>, Vec<u8>)> = samples
+            .par_iter()
+            .map(|s| load_sample(s, size))
+            .collect::<Result<_>>()?;
+        let mut b = Batch {
+            stems: samples.iter().map(|s| s.stem.clone()).collect(),
+            images: Vec::with_capacity(loaded.len() * (size * size * 3) as usize),
+            masks: Vec::with_capacity(loaded.len() * (size * size) as usize),
+            size,
+        };
+        for (i, m) in loaded {
+            b.images.extend_from_slice(&i);
+            b.masks.extend_from_slice(&m);
+        }
+        Ok(b)
+    }
+
+    pub fn len(&self) -> usize {
+        self.stems.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stems.is_empty()
+    }
+
+    /// ([N,3,S,S] float in [0,1], [N,1,S,S] float {0,1}) on `device` (bytes are moved, then scaled).
+    pub fn tensors(&self, device: Device) -> (Tensor, Tensor) {
+        let (n, s) = (self.len() as i64, i64::from(self.size));
+        (
+            images_tensor(&self.images, n, s, device),
+            Tensor::from_slice(&self.masks)
+                .view([n, 1, s, s])
+                .to_device(device)
+                .to_kind(Kind::Float),
+        )
+    }
+}
+
+/// NHWC RGB bytes -> [N,3,S,S] float in [0,1] on `device`.
+pub fn images_tensor(bytes: &[u8], n: i64, s: i64, device: Device) -> Tensor {
+    Tensor::from_slice(bytes)
+        .view([n, s, s, 3])
+        .to_device(device)
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float)
+        / 255.0
+}
+
+/// Batches of `samples` in `order`, decoded one batch ahead on a background thread.
+pub struct Loader {
+    rx: Option<Receiver<Result<Batch>>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    pub fn new(samples: &[Sample], order: &[usize], batch_size: usize, size: u32) -> Self {
+        let chunks: Vec<Vec<Sample>> = order
+            .chunks(batch_size)
+            .map(|c| c.iter().map(|&i| samples[i].clone()).collect())
+            .collect();
+        let (tx, rx) = sync_channel(2);
+        let worker = std::thread::spawn(move || {
+            for chunk in chunks {
+                let refs: Vec<&Sample> = chunk.iter().collect();
+                let batch = Batch::load(&refs, size);
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx: Some(rx),
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the channel first lets a worker blocked on `send` finish.
+        self.rx.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Inference on full-size fundus images: square exactly as the generator does
+//! (`prep::fill_colour` + `prep::square_image`), predict, scale the probabilities to 0..255,
+//! take them back to the original frame (`prep::unsquare`) and threshold. Writes per input
+//! `<stem>_mask.png` (0/255), `<stem>_green.png` (green mask on black) and `<stem>_overlay.png`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use tch::nn::VarStore;
+use tch::Kind;
+
+use super::data::{image_files, images_tensor};
+use super::unet::UNet;
+use super::{check_size, checkpoint, device, io, probs_to_vec};
+use crate::cli::DeviceChoice;
+use crate::config::Config;
+use crate::io::{encode_png_gray, encode_png_rgb, open_image, write_atomic};
+use crate::prep::{fill_colour, square_image, unsquare, SquareGeometry};
+
+/// Files written for one input.
+#[derive(Debug, Clone)]
+pub struct InferOutput {
+    pub input: PathBuf,
+    pub mask: PathBuf,
+    pub green: PathBuf,
+    pub overlay: PathBuf,
+}
+
+/// The inputs: `images` (command line), else `infer.images`, else the full-size sources of the
+/// test split (`<run>/dataset/test/images/<stem>_orig.*` -> `<data>/resources/images/ddb1_fundusimages/<stem>.png`).
+pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>> {
+    if let Some(dir) = images.or(cfg.infer.images.as_deref()) {
+        if !dir.is_dir() {
+            bail!("image folder {} does not exist", dir.display());
+        }
+        let files: Vec<PathBuf> = image_files(dir)?.into_values().collect();
+        if files.is_empty() {
+            bail!("no images (png, jpg, tif, bmp) in {}", dir.display());
+        }
+        return Ok(files);
+    }
+    let test = cfg.run_dir().join("dataset/test/images");
+    if !test.is_dir() {
+        bail!(
+            "no input images: pass --images DIR, set `infer.images`, or create the split \
+             ({} is missing)",
+            test.display()
+        );
+    }
+    let src = cfg.data.join("resources/images/ddb1_fundusimages");
+    let mut out = Vec::new();
+    for stem in image_files(&test)?.into_keys() {
+        if let Some(source) = stem.strip_suffix("_orig") {
+            let path = src.join(format!("{source}.png"));
+            if !path.is_file() {
+                bail!(
+                    "source image {} of test pair {stem} not found (is `data` right?)",
+                    path.display()
+                );
+            }
+            out.push(path);
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "the test split {} has no `<stem>_orig` images",
+            test.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Probabilities of a `size` x `size` square -> a 0/255 mask in the original frame.
+pub fn mask_from_probs(probs: &[f32], g: &SquareGeometry, threshold: f64) -> Result<GrayImage> {
+    let map = GrayImage::from_raw(
+        g.size,
+        g.size,
+        probs
+            .iter()
+            .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect(),
+    )
+    .context("probability map has the wrong size")?;
+    let back = unsquare(&map, g)?;
+    // 0.5 -> 128: the threshold on the 0..255 scale, rounded half up.
+    let t = (threshold * 255.0).round() as u8;
+    Ok(GrayImage::from_fn(back.width(), back.height(), |x, y| {
+        Luma([if back.get_pixel(x, y)[0] >= t { 255 } else { 0 }])
+    }))
+}
+
+pub fn infer_run(
+    cfg: &Config,
+    choice: DeviceChoice,
+    images: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<Vec<InferOutput>> {
+    let inputs = input_images(cfg, images)?;
+    let device = device::select(choice)?;
+    println!("infer: device {}", device::describe(device));
+    let size = cfg.generate.size;
+    check_size(&cfg.model, size)?;
+    let mut vs = VarStore::new(device);
+    let unet = UNet::new(&vs.root(), &cfg.model);
+    checkpoint::load(&cfg.run_dir().join("train"), "best", &mut vs, &cfg.model)?;
+    let out = out.map_or_else(|| cfg.run_dir().join("infer"), Path::to_path_buf);
+    io::create_dir(&out)?;
+
+    let mut written = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let img = open_image(&input)?.to_rgb8();
+        let (sq, geom) = square_image(&img, fill_colour(&img), size)?;
+        let x = images_tensor(sq.as_raw(), 1, i64::from(size), device);
+        let probs = probs_to_vec(&tch::no_grad(|| {
+            unet.forward(&x, false, Kind::Float).sigmoid()
+        }))?;
+        let mask = mask_from_probs(&probs, &geom, cfg.infer.threshold)?;
+        let green = RgbImage::from_fn(mask.width(), mask.height(), |x, y| {
+            Rgb([0, mask.get_pixel(x, y)[0], 0])
+        });
+        let a = cfg.infer.overlay_alpha;
+        let overlay = RgbImage::from_fn(img.width(), img.height(), |x, y| {
+            let p = img.get_pixel(x, y);
+            if mask.get_pixel(x, y)[0] == 0 {
+                *p
+            } else {
+                let mix = |v: u8, g: f64| ((1.0 - a) * f64::from(v) + a * g).round() as u8;
+                Rgb([mix(p[0], 0.0), mix(p[1], 255.0), mix(p[2], 0.0)])
+            }
+        });
+        let stem = input
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("image")
+            .to_string();
+        let o = InferOutput {
+            mask: out.join(format!("{stem}_mask.png")),
+            green: out.join(format!("{stem}_green.png")),
+            overlay: out.join(format!("{stem}_overlay.png")),
+            input,
+        };
+        write_atomic(&o.mask, &encode_png_gray(&mask)?)?;
+        write_atomic(&o.green, &encode_png_rgb(&green)?)?;
+        write_atomic(&o.overlay, &encode_png_rgb(&overlay)?)?;
+        let lesion = mask.pixels().filter(|p| p[0] > 0).count();
+        println!(
+            "infer: {} -> {} ({}x{}, {:.2}% lesion)",
+            o.input.display(),
+            o.mask.display(),
+            mask.width(),
+            mask.height(),
+            100.0 * lesion as f64 / (mask.width() * mask.height()) as f64
+        );
+        written.push(o);
+    }
+    println!(
+        "infer: {} images written to {}",
+        written.len(),
+        out.display()
+    );
+    Ok(written)
+}

@@ -1,0 +1,579 @@
+//! The training stage on tiny synthetic data (CPU, seconds): 32x32 images with bright red squares
+//! as lesions, UNets of 2-3 levels and 4 base filters.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use fundus_pipeline::cli::DeviceChoice;
+use fundus_pipeline::config::Config;
+use fundus_pipeline::prep::{square_mask, SquareGeometry};
+use fundus_pipeline::train::adam::Adam;
+use fundus_pipeline::train::checkpoint::{self, TrainState};
+use fundus_pipeline::train::data::{scan_split, Batch};
+use fundus_pipeline::train::infer::mask_from_probs;
+use fundus_pipeline::train::metrics::{bce_dice_loss, Confusion};
+use fundus_pipeline::train::unet::UNet;
+use fundus_pipeline::train::{evaluate_run, infer_run, probs_to_vec, train_run};
+use fundus_pipeline::train_config::ModelConfig;
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::nn::VarStore;
+use tch::{Device, Kind};
+
+const SIZE: u32 = 32;
+
+/// libtorch's random generator is global to the process and the test harness runs tests on
+/// parallel threads: every test that seeds it and draws from it (weights, dropout) holds this.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn torch_lock() -> MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tiny(levels: usize) -> ModelConfig {
+    ModelConfig {
+        levels,
+        base_filters: 4,
+        in_channels: 3,
+    }
+}
+
+/// A fundus-like picture: dark orange with noise, and a bright red square (the lesion) at (x, y).
+fn picture(w: u32, h: u32, sq: (u32, u32, u32), rng: &mut ChaCha8Rng) -> (RgbImage, GrayImage) {
+    let (sx, sy, side) = sq;
+    let inside = |x: u32, y: u32| (sx..sx + side).contains(&x) && (sy..sy + side).contains(&y);
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        if inside(x, y) {
+            Rgb([240, 20, 20])
+        } else {
+            let n: u8 = rng.random_range(0..30);
+            Rgb([90 + n, 50 + n / 2, 20])
+        }
+    });
+    let mask = GrayImage::from_fn(w, h, |x, y| Luma([if inside(x, y) { 255 } else { 0 }]));
+    (img, mask)
+}
+
+/// Writes `<run>/dataset/<split>/{images,masks}/s<i>_<variant>.png`.
+fn write_split(run: &Path, split: &str, n: usize, seed: u64) {
+    let dir = run.join("dataset").join(split);
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::create_dir_all(dir.join("masks")).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for i in 0..n {
+        let side = rng.random_range(5..10);
+        let sq = (
+            rng.random_range(0..SIZE - side),
+            rng.random_range(0..SIZE - side),
+            side,
+        );
+        let (img, mask) = picture(SIZE, SIZE, sq, &mut rng);
+        let variant = if split == "test" { "orig" } else { "rotate_20" };
+        img.save(dir.join(format!("images/s{i:02}_{variant}.png")))
+            .unwrap();
+        mask.save(dir.join(format!("masks/s{i:02}_{variant}.png")))
+            .unwrap();
+    }
+}
+
+/// A config for `<tmp>/out/run` with a fresh dataset of 12 train, 4 valid, 3 test pairs.
+fn setup(tmp: &Path) -> Config {
+    let mut cfg = Config {
+        name: "run".into(),
+        seed: 7,
+        out: tmp.join("out"),
+        data: tmp.join("data"),
+        model: tiny(3),
+        ..Config::default()
+    };
+    cfg.generate.size = SIZE;
+    cfg.train.epochs = 2;
+    cfg.train.batch_size = 4;
+    cfg.train.learning_rate = 1e-2;
+    cfg.train.preview_images = 2;
+    cfg.validate().unwrap();
+    let run = cfg.run_dir();
+    write_split(&run, "train", 12, 1);
+    write_split(&run, "valid", 4, 2);
+    write_split(&run, "test", 3, 3);
+    cfg
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn loss_decreases_over_steps_on_a_fixed_batch() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path());
+    let samples = scan_split(&cfg.run_dir(), "train").unwrap();
+    let refs: Vec<_> = samples.iter().take(4).collect();
+    let (x, y) = Batch::load(&refs, SIZE).unwrap().tensors(Device::Cpu);
+    tch::manual_seed(1);
+    let vs = VarStore::new(Device::Cpu);
+    let net = UNet::new(&vs.root(), &tiny(2));
+    let mut opt = Adam::new(&vs, 1e-2);
+    let mut losses = Vec::new();
+    for _ in 0..25 {
+        opt.zero_grad();
+        let (loss, _) = bce_dice_loss(&net.forward(&x, true, Kind::Float), &y);
+        loss.backward();
+        opt.step(0.5);
+        losses.push(loss.double_value(&[]));
+    }
+    assert!(
+        losses[24] < 0.8 * losses[0],
+        "loss did not decrease: {losses:?}"
+    );
+}
+
+#[test]
+fn training_writes_every_output_and_same_seed_gives_same_curve() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    let report = train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    assert_eq!(report.device, Device::Cpu);
+    assert_eq!(report.history.len(), 2);
+    let dir = cfg.run_dir().join("train");
+    for f in [
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "last.json",
+        "last.optim.safetensors",
+        "train_curves.png",
+        "Epoch_1_s00_rotate_20.jpg",
+        "Epoch_2_s01_rotate_20.jpg",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let curves = image::open(dir.join("train_curves.png")).unwrap();
+    assert_eq!((curves.width(), curves.height()), (1200, 450));
+    let losses = read(dir.join("train_losses.csv"));
+    let metrics = read(dir.join("train_metrics.csv"));
+    assert!(losses.starts_with("epoch,loss,val_loss\n1,"), "{losses}");
+    assert!(
+        metrics.starts_with("epoch,dice_coef,val_dice_coef\n1,"),
+        "{metrics}"
+    );
+    assert_eq!(losses.lines().count(), 3);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // Same seed: the same curve, bit for bit (the run is replaced, not appended to).
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    assert_eq!(read(dir.join("train_losses.csv")), losses);
+    assert_eq!(read(dir.join("train_metrics.csv")), metrics);
+    // Another seed: another curve.
+    cfg.seed = 8;
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    assert_ne!(read(dir.join("train_losses.csv")), losses);
+}
+
+#[test]
+fn resume_continues_exactly_where_the_run_stopped() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 3;
+    cfg.train.preview_images = 0;
+    let straight = train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+
+    cfg.train.epochs = 1;
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    cfg.train.epochs = 3;
+    let resumed = train_run(&cfg, DeviceChoice::Cpu, true).unwrap();
+    assert_eq!(resumed.history.len(), 3);
+    for (a, b) in straight.history.iter().zip(&resumed.history) {
+        assert_eq!(a.epoch, b.epoch);
+        assert!((a.loss - b.loss).abs() < 1e-6, "{a:?} vs {b:?}");
+        assert!((a.val_loss - b.val_loss).abs() < 1e-6, "{a:?} vs {b:?}");
+        assert_eq!(a.lr, b.lr);
+    }
+    let state: TrainState = checkpoint::read_state(&cfg.run_dir().join("train/last.json")).unwrap();
+    assert_eq!(state.epoch, 3);
+    assert_eq!(state.optimizer_step, 9); // 3 epochs x 3 steps of 4
+                                         // Nothing left to do: a second resume returns at once.
+    let again = train_run(&cfg, DeviceChoice::Cpu, true).unwrap();
+    assert_eq!(again.history.len(), 3);
+}
+
+#[test]
+fn checkpoint_reload_gives_identical_predictions() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path());
+    let samples = scan_split(&cfg.run_dir(), "valid").unwrap();
+    let refs: Vec<_> = samples.iter().collect();
+    let (x, _) = Batch::load(&refs, SIZE).unwrap().tensors(Device::Cpu);
+    let model = tiny(3);
+
+    tch::manual_seed(11);
+    let vs = VarStore::new(Device::Cpu);
+    let net = UNet::new(&vs.root(), &model);
+    let before = probs_to_vec(&tch::no_grad(|| net.forward(&x, false, Kind::Float))).unwrap();
+    let state = TrainState {
+        format: checkpoint::FORMAT.into(),
+        model: model.clone(),
+        size: SIZE,
+        epoch: 1,
+        optimizer_step: 0,
+        lr: 1e-3,
+        best_val_loss: 1.0,
+        best_epoch: 1,
+        epochs_without_improvement: 0,
+        plateau_wait: 0,
+        stopped_early: false,
+        history: vec![],
+    };
+    checkpoint::save(tmp.path(), "best", &vs, &state).unwrap();
+
+    tch::manual_seed(12); // different initial weights, overwritten by the load
+    let mut vs2 = VarStore::new(Device::Cpu);
+    let net2 = UNet::new(&vs2.root(), &model);
+    let loaded = checkpoint::load(tmp.path(), "best", &mut vs2, &model).unwrap();
+    assert_eq!(loaded, state);
+    let after = probs_to_vec(&tch::no_grad(|| net2.forward(&x, false, Kind::Float))).unwrap();
+    assert_eq!(before, after);
+
+    // A checkpoint of another model shape: the error names both shapes.
+    let mut vs3 = VarStore::new(Device::Cpu);
+    let _net3 = UNet::new(&vs3.root(), &tiny(2));
+    let err = checkpoint::load(tmp.path(), "best", &mut vs3, &tiny(2)).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("levels=3") && msg.contains("levels=2"),
+        "{msg}"
+    );
+    // Without the JSON, the tensor shape check still catches it.
+    let mut vs4 = VarStore::new(Device::Cpu);
+    let _net4 = UNet::new(&vs4.root(), &tiny(2));
+    let err = checkpoint::load_weights(&mut vs4, &tmp.path().join("best.safetensors"), &tiny(2))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("levels=2"), "{err:#}");
+}
+
+#[test]
+fn evaluate_writes_the_reference_csv_and_consistent_json() {
+    let _torch = torch_lock();
+    // Hand computation on a known prediction: 2 TP, 1 FP, 1 FN -> Dice 4/6, IoU 2/4.
+    let c = Confusion::from_probs(&[1.0, 0.9, 0.6, 0.0, 0.2], &[255, 255, 0, 255, 0], 0.5);
+    assert_eq!((c.tp, c.fp, c.fn_, c.tn), (2, 1, 1, 1));
+    assert_eq!(c.dice(), Some(4.0 / 6.0));
+    assert_eq!(c.iou(), Some(0.5));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 1;
+    cfg.train.preview_images = 0;
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    let report = evaluate_run(&cfg, DeviceChoice::Cpu).unwrap();
+    let eval = cfg.run_dir().join("eval");
+    let csv = read(eval.join("evaluation.csv"));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert_eq!(lines[0], format!("loss,{}", report.loss));
+    assert_eq!(lines[1], format!("dice_coef,{}", report.dice_coef));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&read(eval.join("evaluation.json"))).unwrap();
+    let cases = json["metric_per_case"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    let (mut tp, mut fp, mut fn_) = (0, 0, 0);
+    for case in cases {
+        let m = &case["metrics"];
+        let (a, b, c) = (
+            m["TP"].as_u64().unwrap(),
+            m["FP"].as_u64().unwrap(),
+            m["FN"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            m["TP"].as_u64().unwrap()
+                + m["FP"].as_u64().unwrap()
+                + m["FN"].as_u64().unwrap()
+                + m["TN"].as_u64().unwrap(),
+            u64::from(SIZE * SIZE)
+        );
+        if a + b + c > 0 {
+            let dice = 2.0 * a as f64 / (2 * a + b + c) as f64;
+            assert!((m["Dice"].as_f64().unwrap() - dice).abs() < 1e-12);
+        } else {
+            assert!(m["Dice"].is_null());
+        }
+        tp += a;
+        fp += b;
+        fn_ += c;
+    }
+    assert_eq!(json["pooled"]["TP"].as_u64().unwrap(), tp);
+    assert_eq!(json["pooled"]["FP"].as_u64().unwrap(), fp);
+    assert_eq!(json["pooled"]["FN"].as_u64().unwrap(), fn_);
+    assert_eq!(report.pooled.tp, tp);
+    assert_eq!(json["threshold"].as_f64(), Some(0.5));
+}
+
+#[test]
+fn unsquare_path_puts_a_lesion_back_where_it_was() {
+    // A 60x40 picture with a lesion at x 40..50, y 10..20; a perfect prediction in the 32x32
+    // square frame must come back at the original size and place.
+    let (w, h) = (60, 40);
+    let mask = GrayImage::from_fn(w, h, |x, y| {
+        Luma([if (40..50).contains(&x) && (10..20).contains(&y) {
+            255
+        } else {
+            0
+        }])
+    });
+    let sq = square_mask(&mask, SIZE).unwrap();
+    let probs: Vec<f32> = sq.pixels().map(|p| f32::from(p[0]) / 255.0).collect();
+    let g = SquareGeometry::new(w, h, SIZE);
+    let back = mask_from_probs(&probs, &g, 0.5).unwrap();
+    assert_eq!(back.dimensions(), (w, h));
+    assert!(back.pixels().all(|p| p[0] == 0 || p[0] == 255));
+    let c = Confusion::from_probs(
+        &back
+            .pixels()
+            .map(|p| f32::from(p[0]) / 255.0)
+            .collect::<Vec<_>>(),
+        mask.as_raw(),
+        0.5,
+    );
+    assert!(c.iou().unwrap() > 0.6, "{c:?}");
+    assert!(back.get_pixel(45, 15)[0] == 255 && back.get_pixel(10, 30)[0] == 0);
+}
+
+#[test]
+fn trained_model_finds_red_squares_at_the_original_size() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.model = ModelConfig {
+        base_filters: 8,
+        ..tiny(2)
+    };
+    // A thin net at lr 1e-2 tends to collapse to "all background"; 1e-3 learns steadily.
+    cfg.train.learning_rate = 2e-3;
+    cfg.train.epochs = 20;
+    cfg.train.preview_images = 0;
+    cfg.train.early_stopping_patience = 0;
+    write_split(&cfg.run_dir(), "train", 24, 11);
+    let report = train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    assert!(report.best_val_loss < 0.4, "{:?}", report.history.last());
+
+    // Full-size inputs of other shapes and colour types: RGB 96x64, gray 50x70.
+    let inputs = tmp.path().join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (img, truth) = picture(96, 64, (60, 20, 18), &mut rng);
+    img.save(inputs.join("wide.png")).unwrap();
+    image::DynamicImage::ImageRgb8(picture(50, 70, (10, 10, 12), &mut rng).0)
+        .to_luma8()
+        .save(inputs.join("gray.png"))
+        .unwrap();
+    let out = tmp.path().join("masks");
+    let written = infer_run(&cfg, DeviceChoice::Cpu, Some(&inputs), Some(&out)).unwrap();
+    assert_eq!(written.len(), 2);
+    let gray = image::open(&written[0].mask).unwrap();
+    assert_eq!((gray.width(), gray.height()), (50, 70));
+    let wide = image::open(&written[1].mask).unwrap().to_luma8();
+    assert_eq!(wide.dimensions(), (96, 64));
+    for f in [&written[1].green, &written[1].overlay] {
+        let i = image::open(f).unwrap();
+        assert_eq!((i.width(), i.height()), (96, 64));
+    }
+    let c = Confusion::from_probs(
+        &wide
+            .pixels()
+            .map(|p| f32::from(p[0]) / 255.0)
+            .collect::<Vec<_>>(),
+        truth.as_raw(),
+        0.5,
+    );
+    assert!(
+        c.dice().unwrap() > 0.6,
+        "prediction misplaced or missing: {c:?}"
+    );
+}
+
+#[test]
+fn infer_defaults_to_the_test_split_sources() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 1;
+    cfg.train.preview_images = 0;
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    // Test pairs s00_orig..s02_orig -> <data>/resources/images/ddb1_fundusimages/s0N.png
+    let err = infer_run(&cfg, DeviceChoice::Cpu, None, None).unwrap_err();
+    assert!(format!("{err:#}").contains("s00.png"), "{err:#}");
+    let src = cfg.data.join("resources/images/ddb1_fundusimages");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for i in 0..3 {
+        picture(75, 57, (30, 20, 8), &mut rng)
+            .0
+            .save(src.join(format!("s{i:02}.png")))
+            .unwrap();
+    }
+    let written = infer_run(&cfg, DeviceChoice::Cpu, None, None).unwrap();
+    assert_eq!(written.len(), 3);
+    assert!(
+        written[2].mask.ends_with("infer/s02_mask.png"),
+        "{:?}",
+        written[2].mask
+    );
+    assert_eq!(image::open(&written[0].mask).unwrap().width(), 75);
+}
+
+#[test]
+fn bad_inputs_give_errors_that_name_the_problem() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 1;
+    cfg.train.preview_images = 0;
+    let run = cfg.run_dir();
+    let msg = |cfg: &Config| {
+        format!(
+            "{:#}",
+            train_run(cfg, DeviceChoice::Cpu, false).unwrap_err()
+        )
+    };
+
+    // Resume without a checkpoint.
+    let err = format!(
+        "{:#}",
+        train_run(&cfg, DeviceChoice::Cpu, true).unwrap_err()
+    );
+    assert!(err.contains("last.json"), "{err}");
+
+    // Missing split folder.
+    std::fs::rename(run.join("dataset/valid"), tmp.path().join("valid")).unwrap();
+    let err = msg(&cfg);
+    assert!(
+        err.contains("dataset/valid/images") && err.contains("missing split folder"),
+        "{err}"
+    );
+    std::fs::rename(tmp.path().join("valid"), run.join("dataset/valid")).unwrap();
+
+    // Mismatched names: an image without a mask and a mask without an image.
+    let masks = run.join("dataset/train/masks");
+    std::fs::rename(
+        masks.join("s03_rotate_20.png"),
+        masks.join("s03_rotate_40.png"),
+    )
+    .unwrap();
+    let err = msg(&cfg);
+    assert!(
+        err.contains("s03_rotate_20.png") && err.contains("s03_rotate_40.png"),
+        "{err}"
+    );
+    std::fs::rename(
+        masks.join("s03_rotate_40.png"),
+        masks.join("s03_rotate_20.png"),
+    )
+    .unwrap();
+
+    // Corrupt image.
+    let bad = run.join("dataset/train/images/s05_rotate_20.png");
+    let good = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, b"not a png").unwrap();
+    let err = msg(&cfg);
+    assert!(
+        err.contains("s05_rotate_20.png")
+            && (err.contains("not an image") || err.contains("corrupt")),
+        "{err}"
+    );
+    std::fs::write(&bad, good).unwrap();
+
+    // A diverging run stops with a clear message instead of writing NaN weights.
+    let mut wild = cfg.clone();
+    wild.train.learning_rate = 1e30;
+    wild.train.epochs = 3;
+    let err = msg(&wild);
+    assert!(
+        err.contains("training stopped: the") && err.contains("loss became"),
+        "{err}"
+    );
+    assert!(!run.join("train/last.safetensors").exists());
+
+    // Image size that does not fit the model.
+    let mut odd = cfg.clone();
+    odd.generate.size = 30;
+    assert!(msg(&odd).contains("`generate.size` (30)"));
+
+    // Evaluate before training.
+    let err = format!("{:#}", evaluate_run(&cfg, DeviceChoice::Cpu).unwrap_err());
+    assert!(
+        err.contains("best.safetensors") && err.contains("pipeline train"),
+        "{err}"
+    );
+
+    // A checkpoint from another model config.
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    let mut other = cfg.clone();
+    other.model = tiny(2);
+    let err = format!("{:#}", evaluate_run(&other, DeviceChoice::Cpu).unwrap_err());
+    assert!(
+        err.contains("levels=3") && err.contains("levels=2"),
+        "{err}"
+    );
+    let err = format!(
+        "{:#}",
+        train_run(&other, DeviceChoice::Cpu, true).unwrap_err()
+    );
+    assert!(
+        err.contains("levels=3") && err.contains("levels=2"),
+        "{err}"
+    );
+
+    // No write permission on the output folder. Root writes anyway: then this case is skipped.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = tmp.path().join("locked");
+        std::fs::create_dir_all(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if std::fs::write(locked.join("probe"), b"x").is_ok() {
+            eprintln!("running as root: the no-write-permission case cannot fail here; skipped");
+        } else {
+            let inputs = run.join("dataset/test/images");
+            let err = format!(
+                "{:#}",
+                infer_run(
+                    &cfg,
+                    DeviceChoice::Cpu,
+                    Some(&inputs),
+                    Some(&locked.join("out"))
+                )
+                .unwrap_err()
+            );
+            assert!(err.contains("locked"), "{err}");
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn cuda_request_without_a_gpu_is_a_clear_error() {
+    if tch::Cuda::is_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path());
+    let err = format!(
+        "{:#}",
+        train_run(&cfg, DeviceChoice::Cuda, false).unwrap_err()
+    );
+    if fundus_pipeline::train::device::load_cuda_backend().is_ok() && tch::Cuda::is_available() {
+        return;
+    }
+    assert!(err.contains("CUDA is not available"), "{err}");
+}

@@ -14,6 +14,7 @@ pub mod io;
 pub mod manifest;
 pub mod plot;
 pub mod prep;
+pub mod preview;
 pub mod rng;
 pub mod split;
 pub mod stats;
@@ -51,7 +52,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             return run_generate(&cfg, &a);
         }
         Command::Split(a) => run_split(&load(&a)?)?,
-        Command::Stats(a) => run_stats(&load(&a)?)?,
+        Command::Stats(a) => {
+            run_stats(&load(&a)?)?;
+        }
         Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
             let cfg = load(&a.dev.common)?;
@@ -65,7 +68,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = Config::load(&a.config)?;
             training::infer(&cfg, a.device, a.images.as_deref(), a.out.as_deref())?;
         }
-        Command::Preview(_) => anyhow::bail!("preview is not implemented yet"),
+        Command::Preview(a) => {
+            let cfg = Config::load(&a.config)?;
+            let path = preview::preview(&cfg, a.source.as_deref(), a.out.as_deref())?;
+            println!("preview -> {}", path.display());
+        }
         Command::All(a) => {
             let cfg = load_generate(&a.generate)?;
             let code = run_generate(&cfg, &a.generate)?;
@@ -73,7 +80,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("generation had errors (listed above); stopping before split");
             }
             run_split(&cfg)?;
-            run_stats(&cfg)?;
+            let mut sheets = run_stats(&cfg)?;
+            let sheet = preview::preview(&cfg, None, None)?;
+            println!("preview -> {}", sheet.display());
+            sheets.push(sheet);
             if !a.no_train {
                 training::train(&cfg, a.device, false)?;
                 training::evaluate(&cfg, a.device)?;
@@ -83,6 +93,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 "all stages done; everything is under {}",
                 cfg.run_dir().display()
             );
+            let names: Vec<String> = sheets
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            println!("preview sheets (beside stats.json): {}", names.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -149,7 +165,8 @@ fn run_split(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-fn run_stats(cfg: &Config) -> Result<()> {
+/// Statistics, then the sample sheets; returns the sheets' paths.
+fn run_stats(cfg: &Config) -> Result<Vec<std::path::PathBuf>> {
     let s = stats::stats(cfg)?;
     print!("{}", stats::summary(&s));
     println!(
@@ -157,7 +174,11 @@ fn run_stats(cfg: &Config) -> Result<()> {
         cfg.run_dir().join("stats.json").display(),
         cfg.run_dir().join("stats.png").display()
     );
-    Ok(())
+    let sheets = preview::sample_sheets(cfg)?;
+    for p in &sheets {
+        println!("samples -> {}", p.display());
+    }
+    Ok(sheets)
 }
 
 fn run_verify(cfg: &Config) -> Result<ExitCode> {

@@ -140,7 +140,7 @@ pub fn unsquare(map: &GrayImage, g: &SquareGeometry) -> Result<GrayImage> {
     Ok(image::imageops::crop_imm(&big, g.pad_x, g.pad_y, g.orig_w, g.orig_h).to_image())
 }
 
-fn resize(
+pub(crate) fn resize(
     buf: Vec<u8>,
     w: u32,
     h: u32,

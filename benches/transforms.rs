@@ -41,11 +41,22 @@ fn variants(c: &mut Criterion) {
             picked.push(v);
         }
     }
-    let mut g = c.benchmark_group("variant_512");
+    // Building a variant's map (once per run for deterministic variants, once per source for
+    // elastic and distort) and applying it (once per source).
+    let mut g = c.benchmark_group("map_build_512");
     g.throughput(Throughput::Elements(512 * 512));
-    for v in picked {
-        g.bench_with_input(BenchmarkId::from_parameter(v.name()), &v, |b, v| {
-            b.iter(|| v.apply(&pair, 42, "image001"))
+    for v in &picked {
+        g.bench_with_input(BenchmarkId::from_parameter(v.name()), v, |b, v| {
+            b.iter(|| v.sample_map(512, 512, 42, "image001"))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("map_apply_512");
+    g.throughput(Throughput::Elements(512 * 512));
+    for v in &picked {
+        let map = v.sample_map(512, 512, 42, "image001");
+        g.bench_with_input(BenchmarkId::from_parameter(v.name()), v, |b, v| {
+            b.iter(|| v.apply_map(&pair, map.as_ref()))
         });
     }
     g.finish();

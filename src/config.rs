@@ -468,7 +468,10 @@ mod tests {
         let err = parse(r#"{"generate": {"size": "big"}}"#).unwrap_err();
         assert!(format!("{err:#}").contains("generate.size"), "{err:#}");
         let err = parse(r#"{"generate": {"variants": {"rotate": [20, 1e999]}}}"#).unwrap_err();
-        assert!(format!("{err:#}").contains("generate.variants.rotate"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("generate.variants.rotate"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -123,7 +123,13 @@ impl SampleMap {
         let mut out_img = vec![0u8; img.len()];
         let mut out_msk = vec![0u8; msk.len()];
         let half = 1i32 << (2 * FRAC_BITS - 1);
-        for (i, t) in self.taps.iter().enumerate() {
+        let shift = 2 * FRAC_BITS;
+        for ((t, out), om) in self
+            .taps
+            .iter()
+            .zip(out_img.chunks_exact_mut(3))
+            .zip(out_msk.iter_mut())
+        {
             let (fx, fy) = (i32::from(t.fx), i32::from(t.fy));
             let wts = [
                 (ONE - fx) * (ONE - fy),
@@ -131,54 +137,63 @@ impl SampleMap {
                 (ONE - fx) * fy,
                 fx * fy,
             ];
+            if t.x0 >= 0 && t.y0 >= 0 && t.x0 < wi - 1 && t.y0 < hi - 1 {
+                // All four taps inside: the common case, no border logic. Two 2-pixel slices
+                // let the compiler drop the per-tap bounds checks.
+                let p = t.y0 as usize * wu + t.x0 as usize;
+                let top = &img[p * 3..p * 3 + 6];
+                let bot = &img[(p + wu) * 3..(p + wu) * 3 + 6];
+                for c in 0..3 {
+                    let v = wts[0] * i32::from(top[c])
+                        + wts[1] * i32::from(top[c + 3])
+                        + wts[2] * i32::from(bot[c])
+                        + wts[3] * i32::from(bot[c + 3]);
+                    out[c] = ((v + half) >> shift) as u8;
+                }
+                let mt = &msk[p..p + 2];
+                let mb = &msk[p + wu..p + wu + 2];
+                if (mt[0] | mt[1] | mb[0] | mb[1]) >= 128 {
+                    let on = |v: u8| i32::from(v >= 128);
+                    let m = wts[0] * on(mt[0])
+                        + wts[1] * on(mt[1])
+                        + wts[2] * on(mb[0])
+                        + wts[3] * on(mb[1]);
+                    // Mask: the bilinear {0,1} field thresholded at 0.5.
+                    *om = if m >= half { 255 } else { 0 };
+                }
+                continue;
+            }
             let mut acc = [half; 3];
             let mut m = 0i32;
-            if t.x0 >= 0 && t.y0 >= 0 && t.x0 < wi - 1 && t.y0 < hi - 1 {
-                // All four taps inside: the common case, no border logic.
-                let p = t.y0 as usize * wu + t.x0 as usize;
-                for (k, &o) in [p, p + 1, p + wu, p + wu + 1].iter().enumerate() {
-                    let c = &img[o * 3..o * 3 + 3];
-                    acc[0] += wts[k] * i32::from(c[0]);
-                    acc[1] += wts[k] * i32::from(c[1]);
-                    acc[2] += wts[k] * i32::from(c[2]);
-                    if msk[o] >= 128 {
-                        m += wts[k];
-                    }
+            let corners = [
+                (t.x0, t.y0),
+                (t.x0 + 1, t.y0),
+                (t.x0, t.y0 + 1),
+                (t.x0 + 1, t.y0 + 1),
+            ];
+            for (k, &(x, y)) in corners.iter().enumerate() {
+                if wts[k] == 0 {
+                    continue;
                 }
-            } else {
-                let corners = [
-                    (t.x0, t.y0),
-                    (t.x0 + 1, t.y0),
-                    (t.x0, t.y0 + 1),
-                    (t.x0 + 1, t.y0 + 1),
-                ];
-                for (k, &(x, y)) in corners.iter().enumerate() {
-                    if wts[k] == 0 {
-                        continue;
+                let inside = x >= 0 && y >= 0 && x < wi && y < hi;
+                if !inside && self.border == Border::Fill {
+                    for (a, f) in acc.iter_mut().zip(src.fill.0) {
+                        *a += wts[k] * i32::from(f);
                     }
-                    let inside = x >= 0 && y >= 0 && x < wi && y < hi;
-                    if !inside && self.border == Border::Fill {
-                        for (a, f) in acc.iter_mut().zip(src.fill.0) {
-                            *a += wts[k] * i32::from(f);
-                        }
-                        continue;
-                    }
-                    let o = y.clamp(0, hi - 1) as usize * wu + x.clamp(0, wi - 1) as usize;
-                    let c = &img[o * 3..o * 3 + 3];
-                    acc[0] += wts[k] * i32::from(c[0]);
-                    acc[1] += wts[k] * i32::from(c[1]);
-                    acc[2] += wts[k] * i32::from(c[2]);
-                    if msk[o] >= 128 {
-                        m += wts[k];
-                    }
+                    continue;
+                }
+                let o = y.clamp(0, hi - 1) as usize * wu + x.clamp(0, wi - 1) as usize;
+                for (a, v) in acc.iter_mut().zip(&img[o * 3..o * 3 + 3]) {
+                    *a += wts[k] * i32::from(*v);
+                }
+                if msk[o] >= 128 {
+                    m += wts[k];
                 }
             }
-            let out = &mut out_img[i * 3..i * 3 + 3];
-            for c in 0..3 {
-                out[c] = (acc[c] >> (2 * FRAC_BITS)) as u8;
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = (a >> shift) as u8;
             }
-            // Mask: the bilinear {0,1} field thresholded at 0.5.
-            out_msk[i] = if m >= half { 255 } else { 0 };
+            *om = if m >= half { 255 } else { 0 };
         }
         Pair {
             image: RgbImage::from_raw(w, h, out_img).expect("buffer size"),

@@ -82,15 +82,14 @@ pub struct GenerateArgs {
 
 #[derive(Debug, Args)]
 pub struct PreviewArgs {
-    /// Run configuration (JSON, see generator-configs/).
-    #[arg(long, short)]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub common: ConfigArgs,
     /// Source stem (e.g. image003); default: the first source.
     #[arg(long)]
     pub source: Option<String>,
-    /// Folder for the sheet `preview_<stem>.png` (default: the run folder).
+    /// Folder for the sheet `preview_<stem>.png` (default: the run folder <out>/<name>).
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub sheet_dir: Option<PathBuf>,
 }
 
 /// Which device runs the model.

@@ -69,8 +69,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             training::infer(&cfg, a.device, a.images.as_deref(), a.out.as_deref())?;
         }
         Command::Preview(a) => {
-            let cfg = Config::load(&a.config)?;
-            let path = preview::preview(&cfg, a.source.as_deref(), a.out.as_deref())?;
+            let cfg = load(&a.common)?;
+            let path = preview::preview(&cfg, a.source.as_deref(), a.sheet_dir.as_deref())?;
             println!("preview -> {}", path.display());
         }
         Command::All(a) => {

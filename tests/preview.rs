@@ -72,7 +72,7 @@ fn preview_has_one_tile_per_variant_with_outlines_and_same_bytes_twice() {
         );
     }
 
-    // Same config, same bytes; --source and --out pick the source and the folder.
+    // Same config, same bytes; --source and --sheet-dir pick the source and the folder.
     let first = std::fs::read(&sheet).unwrap();
     pipeline_ok(&["preview", "--config", c]);
     assert!(first == std::fs::read(&sheet).unwrap(), "two runs differ");
@@ -83,7 +83,7 @@ fn preview_has_one_tile_per_variant_with_outlines_and_same_bytes_twice() {
         c,
         "--source",
         "image003",
-        "--out",
+        "--sheet-dir",
         other.to_str().unwrap(),
     ]);
     let third = std::fs::read(other.join("preview_image003.png")).unwrap();

@@ -394,7 +394,7 @@ impl Config {
         let sum = s.train + s.valid + s.test;
         if (sum - 1.0).abs() > 1e-6 {
             bail!(
-                "`split.train` + `split.valid` + `split.test` must sum to 1, got {} + {} + {} = {sum}",
+                "`split.train` + `split.valid` + `split.test` must sum to 1, got {} + {} + {} = {sum:.6}",
                 s.train,
                 s.valid,
                 s.test

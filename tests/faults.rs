@@ -44,6 +44,13 @@ impl Case {
         self.root.join("out")
     }
 
+    /// Replaces `from` (which must occur) by `to` in the config file.
+    fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "config lacks {from}");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
     fn generate(&self) -> Output {
         pipeline(&["generate", "--config", self.cfg()])
     }
@@ -248,20 +255,14 @@ fn config_wrong_type() {
 #[test]
 fn config_threshold_outside_0_1() {
     let c = Case::new(1);
-    let text = std::fs::read_to_string(&c.config)
-        .unwrap()
-        .replace(r#""size": 48"#, r#""size": 48, "threshold": 1.2"#);
-    std::fs::write(&c.config, text).unwrap();
+    c.edit_config(r#""size": 48"#, r#""size": 48, "threshold": 1.2"#);
     assert_fails(&c.generate(), &["`generate.threshold`", "1.2"], &c.out());
 }
 
 #[test]
 fn config_size_zero() {
     let c = Case::new(1);
-    let text = std::fs::read_to_string(&c.config)
-        .unwrap()
-        .replace(r#""size": 48"#, r#""size": 0"#);
-    std::fs::write(&c.config, text).unwrap();
+    c.edit_config(r#""size": 48"#, r#""size": 0"#);
     assert_fails(&c.generate(), &["`generate.size`"], &c.out());
 }
 
@@ -276,10 +277,7 @@ fn config_split_ratios_not_summing_to_1() {
 #[test]
 fn config_negative_alpha() {
     let c = Case::new(1);
-    let text = std::fs::read_to_string(&c.config)
-        .unwrap()
-        .replace(r#""alpha": 40"#, r#""alpha": -40"#);
-    std::fs::write(&c.config, text).unwrap();
+    c.edit_config(r#""alpha": 40"#, r#""alpha": -40"#);
     assert_fails(
         &c.generate(),
         &["`generate.variants.elastic[0].alpha`", ">= 0"],
@@ -290,10 +288,7 @@ fn config_negative_alpha() {
 #[test]
 fn config_non_finite_angle() {
     let c = Case::new(1);
-    let text = std::fs::read_to_string(&c.config)
-        .unwrap()
-        .replace(r#""rotate": [90]"#, r#""rotate": [90, 1e999]"#);
-    std::fs::write(&c.config, text).unwrap();
+    c.edit_config(r#""rotate": [90]"#, r#""rotate": [90, 1e999]"#);
     assert_fails(&c.generate(), &["generate.variants.rotate"], &c.out());
 }
 
@@ -302,10 +297,7 @@ fn output_folder_holding_a_different_run_is_refused_unless_forced() {
     let c = Case::new(2);
     assert!(c.generate().status.success());
     let before = tree(&c.out().join("t/master"));
-    let text = std::fs::read_to_string(&c.config)
-        .unwrap()
-        .replace(r#""seed": 3"#, r#""seed": 4"#);
-    std::fs::write(&c.config, text).unwrap();
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
     let out = c.generate();
     assert_fails(&out, &["holds a different run", "--force"], &c.out());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&c.out().join("t").display().to_string()));
@@ -354,10 +346,7 @@ fn checkpoint_that_is_corrupt() {
 fn checkpoint_from_another_model_shape() {
     let c = Case::new(4);
     trained(&c);
-    let text = std::fs::read_to_string(&c.config)
-        .unwrap()
-        .replace(r#""base_filters": 4"#, r#""base_filters": 8"#);
-    std::fs::write(&c.config, text).unwrap();
+    c.edit_config(r#""base_filters": 4"#, r#""base_filters": 8"#);
     let out = pipeline(&["evaluate", "--config", c.cfg(), "--device", "cpu"]);
     assert_fails(&out, &["base_filters=4", "base_filters=8"], &c.out());
 }

@@ -1,0 +1,226 @@
+//! Synthetic DIARETDB1 v1.1 tree: fundus-like RGB images with drawn lesions and ground-truth
+//! confidence maps that coincide with them, the field-of-view mask and the official split lists.
+//!
+//! `root` plays the role of `diaretdb1_v_1_1`:
+//!
+//! ```text
+//! root/resources/images/ddb1_fundusimages/image001.png ..      width x height RGB
+//! root/resources/images/ddb1_fundusmask/fmask.tif              8-bit gray, 255 inside the FOV
+//! root/resources/images/ddb1_groundtruth/<lesion>/imageNNN.png 8-bit gray, multiples of 21 <= 252
+//! root/resources/traindatasets/trainset.txt                    images/ddb1_fundusimages/imageNNN.png
+//! root/resources/testdatasets/testset.txt
+//! ```
+//!
+//! Each image is a pure function of (seed, stem, width, height): every draw comes from
+//! `rng_for(seed, stem, "synth")`, so the same options give byte-identical files whatever the
+//! thread count. All geometry is expressed in units of the field-of-view radius, so tiny test
+//! sizes give the same picture, only coarser.
+//!
+//! Ground truth mimics the real maps: several "experts" marked each lesion, so a map holds a core
+//! (usually 210 or 252, sometimes an uncertain 168) inside the drawn lesion, a blob-shaped 84..126
+//! margin around it and sometimes a faint 42..84 circle around the whole thing. Overlaps take the
+//! maximum, so values stay multiples of 21 in 0..=252.
+//!
+//! The code is split by concern: this module holds the public API (options, constants, stems),
+//! the file writing and the split lists; `shapes` the geometry every drawing shares (field of
+//! view, coverage planes, irregular blobs and their ground-truth marking); `vessels` the vessel
+//! tree; `lesions` the lesion placement and ground-truth maps; `render` the per-image look and the
+//! final compositing into RGB.
+
+mod lesions;
+mod render;
+mod shapes;
+mod vessels;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::codecs::tiff::TiffEncoder;
+use image::{ExtendedColorType, ImageEncoder};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::config::Lesion;
+use render::render;
+use shapes::Fov;
+
+/// Folder of the fundus images, relative to `resources/` (also the prefix used in the lists).
+pub const IMAGES_DIR: &str = "images/ddb1_fundusimages";
+/// Folder of the field-of-view mask, relative to `resources/`.
+pub const MASK_DIR: &str = "images/ddb1_fundusmask";
+/// Folder of the ground-truth maps (one subfolder per lesion), relative to `resources/`.
+pub const GROUNDTRUTH_DIR: &str = "images/ddb1_groundtruth";
+/// The official DIARETDB1 v1.1 training images (by number); every other image is a test image.
+pub const OFFICIAL_TRAIN: [usize; 28] = [
+    1, 3, 4, 9, 10, 11, 13, 14, 20, 22, 24, 25, 26, 27, 28, 29, 35, 36, 38, 42, 53, 55, 57, 64, 70,
+    79, 84, 86,
+];
+
+/// What to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SynthOptions {
+    /// Number of images (1..=999; named image001.png ..).
+    pub count: usize,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions {
+            count: 89,
+            seed: 1,
+            width: 1500,
+            height: 1152,
+        }
+    }
+}
+
+/// The stem of image number `i` (1-based): `image001`.
+pub fn stem(i: usize) -> String {
+    format!("image{i:03}")
+}
+
+/// Writes the whole tree under `root` (created if missing; existing files of the same names are
+/// replaced, each through a temporary file renamed into place).
+pub fn write_synthetic(root: &Path, opts: &SynthOptions) -> Result<()> {
+    if opts.count == 0 || opts.count > 999 {
+        bail!(
+            "synthetic image count must be in 1..=999, got {}",
+            opts.count
+        );
+    }
+    if opts.width < 32 || opts.height < 32 {
+        bail!(
+            "synthetic image size must be at least 32x32, got {}x{}",
+            opts.width,
+            opts.height
+        );
+    }
+    let res = root.join("resources");
+    let img_dir = res.join(IMAGES_DIR);
+    let mask_dir = res.join(MASK_DIR);
+    let gt_dir = res.join(GROUNDTRUTH_DIR);
+    let train_dir = res.join("traindatasets");
+    let test_dir = res.join("testdatasets");
+    let mut dirs = vec![
+        img_dir.clone(),
+        mask_dir.clone(),
+        train_dir.clone(),
+        test_dir.clone(),
+    ];
+    dirs.extend(Lesion::ALL.iter().map(|l| gt_dir.join(l.folder())));
+    for d in &dirs {
+        fs::create_dir_all(d).with_context(|| format!("creating folder {}", d.display()))?;
+    }
+
+    let fov = Fov::new(opts.width, opts.height);
+    let mask = fov.mask(opts.width, opts.height);
+    write_atomic(&mask_dir.join("fmask.tif"), |w| {
+        TiffEncoder::new(w).write_image(&mask, opts.width, opts.height, ExtendedColorType::L8)?;
+        Ok(())
+    })?;
+
+    let (train, test) = split_lists(opts.count);
+    for (ids, path) in [
+        (&train, train_dir.join("trainset.txt")),
+        (&test, test_dir.join("testset.txt")),
+    ] {
+        let text: String = ids
+            .iter()
+            .map(|&i| format!("{IMAGES_DIR}/{}.png\n", stem(i)))
+            .collect();
+        write_atomic(&path, |w| Ok(w.write_all(text.as_bytes())?))?;
+    }
+
+    (1..=opts.count).into_par_iter().try_for_each(|i| {
+        let stem = stem(i);
+        let sample = render(opts.seed, &stem, opts.width, opts.height);
+        write_png(
+            &img_dir.join(format!("{stem}.png")),
+            &sample.rgb,
+            opts.width,
+            opts.height,
+            ExtendedColorType::Rgb8,
+        )?;
+        for (lesion, map) in Lesion::ALL.iter().zip(&sample.truth) {
+            write_png(
+                &gt_dir.join(lesion.folder()).join(format!("{stem}.png")),
+                map,
+                opts.width,
+                opts.height,
+                ExtendedColorType::L8,
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// The official split restricted to images 1..=count, as (train, test) image numbers. When that
+/// leaves fewer than 2 training images or no test image, every third image (1, 4, 7, ..) trains
+/// instead, so both lists are non-empty whenever count >= 2.
+fn split_lists(count: usize) -> (Vec<usize>, Vec<usize>) {
+    let official: Vec<usize> = OFFICIAL_TRAIN
+        .iter()
+        .copied()
+        .filter(|&i| i <= count)
+        .collect();
+    let is_train: Box<dyn Fn(usize) -> bool> = if official.len() >= 2 && official.len() < count {
+        Box::new(move |i| official.contains(&i))
+    } else {
+        Box::new(|i| (i - 1) % 3 == 0)
+    };
+    (1..=count).partition(|&i| is_train(i))
+}
+
+/// Writes `path` through a temporary file in the same folder, renamed into place at the end.
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<tempfile::NamedTempFile>) -> Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent folder", path.display()))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".synth-").suffix(".tmp");
+    // Like an ordinary new file (0666 minus umask), not tempfile's private 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o666));
+    }
+    let tmp = builder
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file for {}", path.display()))?;
+    let mut w = BufWriter::new(tmp);
+    write(&mut w).with_context(|| format!("writing {}", path.display()))?;
+    let tmp = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
+    Ok(())
+}
+
+fn write_png(path: &Path, buf: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Result<()> {
+    write_atomic(path, |out| {
+        PngEncoder::new_with_quality(out, CompressionType::Fast, FilterType::Adaptive)
+            .write_image(buf, w, h, color)?;
+        Ok(())
+    })
+}
+
+/// A uniformly chosen element of `items` (one generator draw).
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
+    items[rng.random_range(0..items.len())]
+}

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use image::RgbImage;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::io::{encode_png_rgb, write_atomic};
 
@@ -23,7 +24,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, usize)]) -> Result<(
             .margin(16)
             .x_label_area_size(36)
             .y_label_area_size(60)
-            .build_cartesian_2d((0..n).into_segmented(), 0usize..max + max / 8 + 1)
+            .build_cartesian_2d((0..n.max(1) - 1).into_segmented(), 0usize..max + max / 8 + 1)
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
@@ -54,11 +55,9 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, usize)]) -> Result<(
             .map_err(|e| err(&e))?;
         chart
             .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-                Text::new(
-                    v.to_string(),
-                    (SegmentValue::CenterOf(i), *v),
-                    ("sans-serif", 16).into_font(),
-                )
+                let style = TextStyle::from(("sans-serif", 16).into_font())
+                    .pos(Pos::new(HPos::Center, VPos::Bottom));
+                Text::new(v.to_string(), (SegmentValue::CenterOf(i), *v), style)
             }))
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;

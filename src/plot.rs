@@ -24,7 +24,10 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, usize)]) -> Result<(
             .margin(16)
             .x_label_area_size(36)
             .y_label_area_size(60)
-            .build_cartesian_2d((0..n.max(1) - 1).into_segmented(), 0usize..max + max / 8 + 1)
+            .build_cartesian_2d(
+                (0..n.max(1) - 1).into_segmented(),
+                0usize..max + max / 8 + 1,
+            )
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()

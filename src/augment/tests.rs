@@ -188,3 +188,37 @@ fn default_plan_names_are_unique_and_reference_plan_has_33() {
     assert!(names.contains(&"pincushion_5".to_string()));
     assert!(names.contains(&"distort_0.03".to_string()));
 }
+
+proptest::proptest! {
+    // A fixed seed: the cases are the same on every run and machine (no flaky CI).
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 24,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(42),
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Any affine variant in range keeps the pair aligned and the mask binary.
+    #[test]
+    fn affine_variants_keep_alignment(
+        angle in -180.0f64..180.0,
+        shear in -0.4f64..0.4,
+        ratio in 0.5f64..1.0,
+    ) {
+        let src = marked_pair(128);
+        for v in [Variant::Rotate(angle), Variant::ShearX(shear), Variant::ShearY(shear), Variant::Shrink(ratio)] {
+            let out = v.apply(&src, 1, "p");
+            proptest::prop_assert!(out.mask.pixels().all(|m| m[0] == 0 || m[0] == 255));
+            let a = agreement(&out);
+            proptest::prop_assert!(a >= 0.98, "{}: agreement {}", v.name(), a);
+        }
+    }
+
+    /// Random variants are a function of (seed, stem): the same inputs give the same pair.
+    #[test]
+    fn random_variants_are_reproducible(seed in 0u64..1000, alpha in 0.0f64..200.0) {
+        let src = marked_pair(48);
+        let v = Variant::Elastic { alpha, sigma: 5.0 };
+        proptest::prop_assert_eq!(v.apply(&src, seed, "s"), v.apply(&src, seed, "s"));
+    }
+}

@@ -45,28 +45,28 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// RGB PNG with fast compression (the default level is ~27x slower; SPEC section 10).
 pub fn encode_png_rgb(img: &RgbImage) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(img.as_raw().len() / 2);
-    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .context("PNG encoding failed")?;
-    Ok(out)
+    encode_png(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        ExtendedColorType::Rgb8,
+    )
 }
 
 /// 1-channel 8-bit PNG with fast compression.
 pub fn encode_png_gray(img: &GrayImage) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
+    encode_png(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        ExtendedColorType::L8,
+    )
+}
+
+fn encode_png(raw: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len() / 2);
     PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::L8,
-        )
+        .write_image(raw, w, h, color)
         .context("PNG encoding failed")?;
     Ok(out)
 }

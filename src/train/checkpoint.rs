@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use super::io::write_atomic_with;
+use crate::io::write_atomic_with;
 use crate::io::write_json;
 use crate::train_config::{ModelConfig, TrainConfig};
 

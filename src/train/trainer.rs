@@ -238,7 +238,7 @@ pub fn train_run(cfg: &Config, choice: DeviceChoice, resume: bool) -> Result<Tra
         if improved {
             checkpoint::save(&out, "best", &vs, &st)?;
         }
-        io::write_atomic_with(&checkpoint::optim_path(&out), |tmp| opt.save(tmp))?;
+        crate::io::write_atomic_with(&checkpoint::optim_path(&out), |tmp| opt.save(tmp))?;
         checkpoint::save(&out, "last", &vs, &st)?;
         write_csvs(&out, &st.history)?;
         let curves = plot::curves(&st.history)?;

@@ -36,11 +36,9 @@ mod vessels;
 mod tests;
 
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::tiff::TiffEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 use rand::Rng;
@@ -48,6 +46,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::config::Lesion;
+use crate::io::{encode_png, write_atomic};
 use render::render;
 use shapes::Fov;
 
@@ -124,10 +123,11 @@ pub fn write_synthetic(root: &Path, opts: &SynthOptions) -> Result<()> {
 
     let fov = Fov::new(opts.width, opts.height);
     let mask = fov.mask(opts.width, opts.height);
-    write_atomic(&mask_dir.join("fmask.tif"), |w| {
-        TiffEncoder::new(w).write_image(&mask, opts.width, opts.height, ExtendedColorType::L8)?;
-        Ok(())
-    })?;
+    let mut tiff = std::io::Cursor::new(Vec::new());
+    TiffEncoder::new(&mut tiff)
+        .write_image(&mask, opts.width, opts.height, ExtendedColorType::L8)
+        .context("TIFF encoding failed")?;
+    write_atomic(&mask_dir.join("fmask.tif"), tiff.get_ref())?;
 
     let (train, test) = split_lists(opts.count);
     for (ids, path) in [
@@ -138,7 +138,7 @@ pub fn write_synthetic(root: &Path, opts: &SynthOptions) -> Result<()> {
             .iter()
             .map(|&i| format!("{IMAGES_DIR}/{}.png\n", stem(i)))
             .collect();
-        write_atomic(&path, |w| Ok(w.write_all(text.as_bytes())?))?;
+        write_atomic(&path, text.as_bytes())?;
     }
 
     (1..=opts.count).into_par_iter().try_for_each(|i| {
@@ -181,43 +181,8 @@ fn split_lists(count: usize) -> (Vec<usize>, Vec<usize>) {
     (1..=count).partition(|&i| is_train(i))
 }
 
-/// Writes `path` through a temporary file in the same folder, renamed into place at the end.
-fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<tempfile::NamedTempFile>) -> Result<()>,
-) -> Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent folder", path.display()))?;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".synth-").suffix(".tmp");
-    // Like an ordinary new file (0666 minus umask), not tempfile's private 0600.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(fs::Permissions::from_mode(0o666));
-    }
-    let tmp = builder
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file for {}", path.display()))?;
-    let mut w = BufWriter::new(tmp);
-    write(&mut w).with_context(|| format!("writing {}", path.display()))?;
-    let tmp = w
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
-    Ok(())
-}
-
 fn write_png(path: &Path, buf: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Result<()> {
-    write_atomic(path, |out| {
-        PngEncoder::new_with_quality(out, CompressionType::Fast, FilterType::Adaptive)
-            .write_image(buf, w, h, color)?;
-        Ok(())
-    })
+    write_atomic(path, &encode_png(buf, w, h, color)?)
 }
 
 /// A uniformly chosen element of `items` (one generator draw).

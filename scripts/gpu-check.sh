@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU check of the training stage, for a lent GPU machine that has PyTorch but no Rust.
-# It builds nothing: it runs a `pipeline` binary built elsewhere (the libtorch it was linked
-# against must be the same PyTorch release as the machine's: 2.11.0, see SPEC section 9).
+# It builds nothing: it runs a `pipeline` binary and the training benchmark built elsewhere
+# (`cargo build --release && cargo bench --bench train --no-run`; the libtorch they were linked
+# against must be the same PyTorch release as the machine's: 2.11.0, see README "libtorch").
 #
 #   scripts/gpu-check.sh /path/to/torch_unet_ref.py [steps]
 #
 #   PIPELINE_BIN   the binary (default: target/release/pipeline)
+#   BENCH_BIN      the criterion training benchmark (default: the newest target/release/deps/train-*)
 #   WORK           scratch folder (default: a new temporary folder)
 #   DATA           a diaretdb1_v_1_1 folder to generate from (default: `pipeline synth` makes one;
 #                  without either, the training-on-data part is skipped)
@@ -14,8 +16,8 @@
 #   1. points LD_LIBRARY_PATH at the machine's torch/lib and checks that `pipeline` uses CUDA;
 #   2. makes a small 512x512 dataset (synth -> generate -> split);
 #   3. the reference model (8 levels, 16 filters, ~125M parameters), 512x512, batch 2:
-#      a. `PIPELINE_TRAIN_BENCH=<steps> pipeline train`: random inputs, same protocol as
-#         torch_unet_ref.py (3 warm-up steps, then <steps> timed), fp32 and bf16;
+#      a. the criterion benchmark benches/train.rs, cases cuda/unet_reference_{fp32,bf16}: the
+#         training step on random inputs, as torch_unet_ref.py times it (criterion's median);
 #      b. `pipeline train` for real on the generated data (1 epoch, <steps> steps), fp32 and bf16;
 #      c. `pipeline evaluate` and `pipeline infer` on the trained checkpoint;
 #   4. torch_unet_ref.py with the same size, batch and steps, fp32 and bf16;
@@ -30,6 +32,9 @@ bin=${PIPELINE_BIN:-target/release/pipeline}
 [ -f "$ref" ] || { echo "gpu-check: $ref not found" >&2; exit 2; }
 [ -x "$bin" ] || { echo "gpu-check: no binary at $bin (build it with cargo build --release elsewhere)" >&2; exit 2; }
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+bench=${BENCH_BIN:-$(ls -t target/release/deps/train-* 2>/dev/null | grep -v '\.d$' | head -1)}
+[ -n "$bench" ] && [ -x "$bench" ] || { echo "gpu-check: no training benchmark (cargo bench --bench train --no-run elsewhere, or set BENCH_BIN)" >&2; exit 2; }
+bench=$(cd "$(dirname "$bench")" && pwd)/$(basename "$bench")
 ref=$(cd "$(dirname "$ref")" && pwd)/$(basename "$ref")
 
 torch_dir=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')
@@ -108,12 +113,13 @@ else
   echo "gpu-check: no dataset (set DATA to a diaretdb1_v_1_1 folder); skipping the training on data" >&2
 fi
 
-echo "== pipeline, random inputs (torch_unet_ref.py's protocol), $steps steps"
+echo "== pipeline training step, random inputs (benches/train.rs, criterion median)"
 declare -A ips mem
 for p in fp32 bf16; do
-  mem[bench_$p]=$(PIPELINE_TRAIN_BENCH=$steps peak_of "bench_$p.log" "$bin" train --config $p.json --device cuda)
-  cat "bench_$p.log"
-  ips[bench_$p]=$(field "bench_$p.log" images/s)
+  mem[bench_$p]=$(peak_of "bench_$p.log" "$bench" --bench "cuda/unet_reference_$p")
+  grep -A3 "^cuda/" "bench_$p.log"
+  # thrpt:  [low elem/s median elem/s high elem/s]
+  ips[bench_$p]=$(grep "thrpt:" "bench_$p.log" | tail -1 | awk '{print $4}')
 done
 
 echo "== pipeline, training on the generated set (1 epoch, $steps steps), then evaluate and infer"

@@ -98,47 +98,52 @@ pub enum DeviceChoice {
     /// CUDA when available, else CPU.
     #[default]
     Auto,
+    /// The CPU (libtorch's threads).
     Cpu,
+    /// The first CUDA device; an error when there is none.
     Cuda,
 }
 
+/// The config, the output root and the device: what `evaluate` takes.
 #[derive(Debug, Args, Clone)]
 pub struct DeviceArgs {
     #[command(flatten)]
     pub common: ConfigArgs,
+    /// Device of the model: `auto` (CUDA when available, else CPU), `cpu` or `cuda`.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
 
+/// `train`'s options.
 #[derive(Debug, Args, Clone)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub dev: DeviceArgs,
-    /// Continue from the last checkpoint.
+    /// Continue from the last saved epoch (same result as an uninterrupted run).
     #[arg(long)]
     pub resume: bool,
 }
 
+/// `infer`'s options.
 #[derive(Debug, Args, Clone)]
 pub struct InferArgs {
-    /// Run configuration (JSON, see generator-configs/).
-    #[arg(long, short)]
-    pub config: PathBuf,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub dev: DeviceArgs,
     /// Folder of full-size fundus images (default: the config's `infer.images`, else the test
     /// split's source images).
     #[arg(long)]
     pub images: Option<PathBuf>,
-    /// Output folder (default: <run>/infer).
+    /// Folder for the masks and overlays (default: <out>/<name>/infer).
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub infer_dir: Option<PathBuf>,
 }
 
+/// `all`'s options: those of `generate`, plus the device and whether to train.
 #[derive(Debug, Args)]
 pub struct AllArgs {
     #[command(flatten)]
     pub generate: GenerateArgs,
+    /// Device of the model: `auto` (CUDA when available, else CPU), `cpu` or `cuda`.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Stop after generate, split, stats and preview (no training).

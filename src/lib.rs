@@ -24,7 +24,7 @@ pub mod train_config;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use cli::{Cli, Command, ConfigArgs};
 use config::Config;
@@ -57,16 +57,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
-            let cfg = load(&a.dev.common)?;
+            let cfg = load_for_training(&a.dev.common)?;
             training::train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
-            let cfg = load(&a.common)?;
+            let cfg = load_for_training(&a.common)?;
             training::evaluate(&cfg, a.device)?;
         }
         Command::Infer(a) => {
-            let cfg = Config::load(&a.config)?;
-            training::infer(&cfg, a.device, a.images.as_deref(), a.out.as_deref())?;
+            let cfg = load_for_training(&a.dev.common)?;
+            training::infer(
+                &cfg,
+                a.dev.device,
+                a.images.as_deref(),
+                a.infer_dir.as_deref(),
+            )?;
         }
         Command::Preview(a) => {
             let cfg = load(&a.common)?;
@@ -75,6 +80,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::All(a) => {
             let cfg = load_generate(&a.generate)?;
+            if !a.no_train {
+                check_training(&cfg, &a.generate.common.config)?;
+            }
             let code = run_generate(&cfg, &a.generate)?;
             if code != ExitCode::SUCCESS {
                 anyhow::bail!("generation had errors (listed above); stopping before split");
@@ -214,6 +222,20 @@ pub fn load(args: &ConfigArgs) -> Result<Config> {
         cfg.out = out.clone();
     }
     Ok(cfg)
+}
+
+/// Loads the config for a training stage: [`load`], then the checks only training needs (the
+/// image side must fit the network).
+fn load_for_training(args: &ConfigArgs) -> Result<Config> {
+    let cfg = load(args)?;
+    check_training(&cfg, &args.config)?;
+    Ok(cfg)
+}
+
+fn check_training(cfg: &Config, file: &std::path::Path) -> Result<()> {
+    cfg.model
+        .check_size(cfg.generate.size)
+        .with_context(|| format!("invalid config file {}", file.display()))
 }
 
 /// The training stages, or a clear error when built without libtorch.

@@ -6,11 +6,42 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-/// UNet architecture (SPEC section 7). The defaults are the reference model (8 levels, 16 base
+/// The network architectures (`model.arch`). Each has its layers in one file of
+/// `src/train/arch/` and one line in that folder's registry (`arch::spec`); an unknown name is
+/// a config error naming `model.arch`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// The reference UNet (docs/training.md#the-model): `levels` levels of two convolutions.
+    #[default]
+    Unet,
+}
+
+impl Arch {
+    /// Every architecture, in the order the docs list them.
+    pub const ALL: [Arch; 1] = [Arch::Unet];
+
+    /// The name as the config writes it (`unet`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Unet => "unet",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The network (`model` section). The defaults are the reference UNet (8 levels, 16 base
 /// filters, ~125M parameters); [`ModelConfig::small`] is a preset that trains on a CPU.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Architecture (`unet`).
+    pub arch: Arch,
     /// Number of levels (reference: 8). The input side must be divisible by 2^(levels-1).
     pub levels: usize,
     /// Filters at the first level; level i has base_filters * 2^i.
@@ -22,6 +53,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            arch: Arch::Unet,
             levels: 8,
             base_filters: 16,
             in_channels: 3,
@@ -35,16 +67,37 @@ impl ModelConfig {
         Self {
             levels: 4,
             base_filters: 8,
-            in_channels: 3,
+            ..Self::default()
         }
     }
 
-    /// `levels=8, base_filters=16, in_channels=3`: how checkpoint shape errors name a model.
+    /// `arch=unet, levels=8, base_filters=16, in_channels=3`: how checkpoint errors name a model.
     pub fn describe(&self) -> String {
         format!(
-            "levels={}, base_filters={}, in_channels={}",
-            self.levels, self.base_filters, self.in_channels
+            "arch={}, levels={}, base_filters={}, in_channels={}",
+            self.arch, self.levels, self.base_filters, self.in_channels
         )
+    }
+
+    /// The input side must be a multiple of this (the network halves it this many times).
+    pub fn size_divisor(&self) -> u64 {
+        match self.arch {
+            Arch::Unet => 1u64 << (self.levels.clamp(1, 63) - 1),
+        }
+    }
+
+    /// Checks that a `size` x `size` input fits the network; the message names both fields.
+    pub fn check_size(&self, size: u32) -> Result<()> {
+        let div = self.size_divisor();
+        if u64::from(size) % div != 0 {
+            bail!(
+                "`generate.size` ({size}) must be divisible by {div} for `model.arch` {} with \
+                 `model.levels` {} (2^(levels - 1)); pick a multiple of {div} or fewer levels",
+                self.arch,
+                self.levels
+            );
+        }
+        Ok(())
     }
 }
 
@@ -120,7 +173,10 @@ impl Default for InferConfig {
     }
 }
 
-/// Range checks for the training sections; messages name the field.
+/// Range checks for the training sections; messages name the field. The size check
+/// ([`ModelConfig::check_size`]) is separate: a config used only to generate a dataset may have a
+/// `generate.size` that the (default) model cannot take; every command that trains, evaluates or
+/// infers checks it when it loads the config (`pipeline all` before it generates anything).
 pub fn validate(model: &ModelConfig, train: &TrainConfig, infer: &InferConfig) -> Result<()> {
     if !(1..=12).contains(&model.levels) {
         bail!("`model.levels` must be within 1..=12, got {}", model.levels);

@@ -325,6 +325,7 @@ fn output_folder_not_writable() {
 }
 
 /// generate + split + a one-epoch tiny training run.
+#[cfg(feature = "train")]
 fn trained(c: &Case) {
     for cmd in ["generate", "split"] {
         pipeline_ok(&[cmd, "--config", c.cfg()]);
@@ -332,6 +333,7 @@ fn trained(c: &Case) {
     pipeline_ok(&["train", "--config", c.cfg(), "--device", "cpu"]);
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn checkpoint_that_is_corrupt() {
     let c = Case::new(4);
@@ -342,6 +344,7 @@ fn checkpoint_that_is_corrupt() {
     assert_fails(&out, &["best.safetensors"], &c.out());
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn checkpoint_from_another_model_shape() {
     let c = Case::new(4);
@@ -351,6 +354,7 @@ fn checkpoint_from_another_model_shape() {
     assert_fails(&out, &["base_filters=4", "base_filters=8"], &c.out());
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn infer_on_grayscale_and_rgba_images_converts_them() {
     let c = Case::new(4);
@@ -369,7 +373,7 @@ fn infer_on_grayscale_and_rgba_images_converts_them() {
         "cpu",
         "--images",
         imgs.to_str().unwrap(),
-        "--out",
+        "--infer-dir",
         to.to_str().unwrap(),
     ]);
     assert!(

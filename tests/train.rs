@@ -1,5 +1,8 @@
 //! The training stage on tiny synthetic data (CPU, seconds): 32x32 images with bright red squares
-//! as lesions, UNets of 2-3 levels and 4 base filters.
+//! as lesions, UNets of 2-3 levels and 4 base filters. Needs the `train` feature (libtorch).
+#![cfg(feature = "train")]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -11,14 +14,13 @@ use fundus_pipeline::train::adam::Adam;
 use fundus_pipeline::train::checkpoint::{self, TrainState};
 use fundus_pipeline::train::data::{scan_split, Batch};
 use fundus_pipeline::train::infer::mask_from_probs;
+use fundus_pipeline::train::metrics::soft_dice;
 use fundus_pipeline::train::metrics::{bce_dice_loss, Confusion};
-use fundus_pipeline::train::unet::UNet;
-use fundus_pipeline::train::{evaluate_run, infer_run, probs_to_vec, train_run};
+use fundus_pipeline::train::{evaluate_run, infer_run, probs_to_vec, train_run, Model};
 use fundus_pipeline::train_config::ModelConfig;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::nn::VarStore;
 use tch::{Device, Kind};
 
 const SIZE: u32 = 32;
@@ -35,7 +37,7 @@ fn tiny(levels: usize) -> ModelConfig {
     ModelConfig {
         levels,
         base_filters: 4,
-        in_channels: 3,
+        ..ModelConfig::default()
     }
 }
 
@@ -113,9 +115,8 @@ fn loss_decreases_over_steps_on_a_fixed_batch() {
     let refs: Vec<_> = samples.iter().take(4).collect();
     let (x, y) = Batch::load(&refs, SIZE).unwrap().tensors(Device::Cpu);
     tch::manual_seed(1);
-    let vs = VarStore::new(Device::Cpu);
-    let net = UNet::new(&vs.root(), &tiny(2));
-    let mut opt = Adam::new(&vs, 1e-2);
+    let net = Model::build(&tiny(2), Device::Cpu);
+    let mut opt = Adam::new(&net.vs, 1e-2);
     let mut losses = Vec::new();
     for _ in 0..25 {
         opt.zero_grad();
@@ -128,6 +129,54 @@ fn loss_decreases_over_steps_on_a_fixed_batch() {
         losses[24] < 0.8 * losses[0],
         "loss did not decrease: {losses:?}"
     );
+}
+
+/// Our Adam (clipping off) against libtorch's own `torch.optim.Adam` (tch's `nn::Adam`, same
+/// defaults: betas 0.9/0.999, eps 1e-8, no weight decay) over 30 steps from the same weights on
+/// the same batch: the weights stay equal to float rounding.
+#[test]
+fn adam_matches_libtorch_adam_over_30_steps() {
+    use tch::nn::OptimizerConfig;
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path());
+    let samples = scan_split(&cfg.run_dir(), "train").unwrap();
+    let refs: Vec<_> = samples.iter().take(4).collect();
+    let (x, y) = Batch::load(&refs, SIZE).unwrap().tensors(Device::Cpu);
+    tch::manual_seed(3);
+    let ours = Model::build(&tiny(2), Device::Cpu);
+    let mut theirs = Model::build(&tiny(2), Device::Cpu);
+    theirs.vs.copy(&ours.vs).unwrap();
+    let lr = 1e-2;
+    let mut adam = Adam::new(&ours.vs, lr);
+    let mut torch_adam = tch::nn::Adam::default().build(&theirs.vs, lr).unwrap();
+    for step in 0..30 {
+        // Dropout off (train = false) so both see the same function.
+        adam.zero_grad();
+        bce_dice_loss(&ours.forward(&x, false, Kind::Float), &y)
+            .0
+            .backward();
+        adam.step(0.0);
+        let (loss, _) = bce_dice_loss(&theirs.forward(&x, false, Kind::Float), &y);
+        torch_adam.backward_step(&loss);
+
+        let a = ours.vs.variables();
+        let b = theirs.vs.variables();
+        let mut worst = 0f64;
+        for (name, t) in &a {
+            let diff = (t - &b[name]).abs().max().double_value(&[]);
+            worst = worst.max(diff);
+        }
+        assert!(worst < 1e-5, "step {step}: weights differ by {worst}");
+    }
+    // And they moved: 30 steps of lr 1e-2 change the weights.
+    tch::manual_seed(3);
+    let start = Model::build(&tiny(2), Device::Cpu);
+    let moved = (&ours.vs.variables()["head.weight"] - &start.vs.variables()["head.weight"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(moved > 1e-3, "{moved}");
 }
 
 #[test]
@@ -217,52 +266,57 @@ fn checkpoint_reload_gives_identical_predictions() {
     let model = tiny(3);
 
     tch::manual_seed(11);
-    let vs = VarStore::new(Device::Cpu);
-    let net = UNet::new(&vs.root(), &model);
-    let before = probs_to_vec(&tch::no_grad(|| net.forward(&x, false, Kind::Float))).unwrap();
-    let state = TrainState {
-        format: checkpoint::FORMAT.into(),
-        model: model.clone(),
-        size: SIZE,
-        epoch: 1,
-        optimizer_step: 0,
-        lr: 1e-3,
-        best_val_loss: 1.0,
-        best_epoch: 1,
-        epochs_without_improvement: 0,
-        plateau_wait: 0,
-        stopped_early: false,
-        history: vec![],
-    };
-    checkpoint::save(tmp.path(), "best", &vs, &state).unwrap();
+    let net = Model::build(&model, Device::Cpu);
+    let before = probs_to_vec(&net.predict(&x)).unwrap();
+    let mut state = TrainState::fresh(&model, SIZE, 1e-3);
+    state.epoch = 1;
+    state.best_epoch = 1;
+    state.best_val_loss = 1.0;
+    checkpoint::save(tmp.path(), "best", &net.vs, &state).unwrap();
 
     tch::manual_seed(12); // different initial weights, overwritten by the load
-    let mut vs2 = VarStore::new(Device::Cpu);
-    let net2 = UNet::new(&vs2.root(), &model);
-    let loaded = checkpoint::load(tmp.path(), "best", &mut vs2, &model).unwrap();
+    let (net2, loaded) = Model::load(&model, SIZE, tmp.path(), "best", Device::Cpu).unwrap();
     assert_eq!(loaded, state);
-    let after = probs_to_vec(&tch::no_grad(|| net2.forward(&x, false, Kind::Float))).unwrap();
+    let after = probs_to_vec(&net2.predict(&x)).unwrap();
     assert_eq!(before, after);
 
+    // Another image side than the checkpoint's.
+    let err = Model::load(&model, 2 * SIZE, tmp.path(), "best", Device::Cpu).unwrap_err();
+    assert!(format!("{err:#}").contains("32x32"), "{err:#}");
+
     // A checkpoint of another model shape: the error names both shapes.
-    let mut vs3 = VarStore::new(Device::Cpu);
-    let _net3 = UNet::new(&vs3.root(), &tiny(2));
-    let err = checkpoint::load(tmp.path(), "best", &mut vs3, &tiny(2)).unwrap_err();
+    let err = Model::load(&tiny(2), SIZE, tmp.path(), "best", Device::Cpu).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("levels=3") && msg.contains("levels=2"),
+        msg.contains("arch=unet, levels=3") && msg.contains("arch=unet, levels=2"),
         "{msg}"
     );
     // Without the JSON, the tensor shape check still catches it.
-    let mut vs4 = VarStore::new(Device::Cpu);
-    let _net4 = UNet::new(&vs4.root(), &tiny(2));
-    let err = checkpoint::load_weights(&mut vs4, &tmp.path().join("best.safetensors"), &tiny(2))
-        .unwrap_err();
+    let mut net4 = Model::build(&tiny(2), Device::Cpu);
+    let err =
+        checkpoint::load_weights(&mut net4.vs, &tmp.path().join("best.safetensors"), &tiny(2))
+            .unwrap_err();
     assert!(format!("{err:#}").contains("levels=2"), "{err:#}");
+
+    // A checkpoint of an architecture this build does not know is refused, naming it.
+    let json = tmp.path().join("best.json");
+    let text = read(json.clone());
+    assert!(text.contains(r#""arch": "unet""#), "{text}");
+    std::fs::write(
+        &json,
+        text.replace(r#""arch": "unet""#, r#""arch": "segformer""#),
+    )
+    .unwrap();
+    let err = Model::load(&model, SIZE, tmp.path(), "best", Device::Cpu).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("segformer") && msg.contains("best.json"),
+        "{msg}"
+    );
 }
 
 #[test]
-fn evaluate_writes_the_reference_csv_and_consistent_json() {
+fn evaluate_scores_match_an_independent_forward_pass() {
     let _torch = torch_lock();
     // Hand computation on a known prediction: 2 TP, 1 FP, 1 FN -> Dice 4/6, IoU 2/4.
     let c = Confusion::from_probs(&[1.0, 0.9, 0.6, 0.0, 0.2], &[255, 255, 0, 255, 0], 0.5);
@@ -276,47 +330,91 @@ fn evaluate_writes_the_reference_csv_and_consistent_json() {
     cfg.train.preview_images = 0;
     train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
     let report = evaluate_run(&cfg, DeviceChoice::Cpu).unwrap();
+
+    // The 3 test images in one tensor, through the best checkpoint, computed here without the
+    // evaluation code: loss, soft Dice and thresholded counts per image.
+    let (model, _) = Model::load(
+        &cfg.model,
+        SIZE,
+        &cfg.run_dir().join("train"),
+        "best",
+        Device::Cpu,
+    )
+    .unwrap();
+    let test = scan_split(&cfg.run_dir(), "test").unwrap();
+    let refs: Vec<_> = test.iter().collect();
+    let batch = Batch::load(&refs, SIZE).unwrap();
+    let (x, y) = batch.tensors(Device::Cpu);
+    let logits = tch::no_grad(|| model.forward(&x, false, Kind::Float));
+    let (loss, _) = bce_dice_loss(&logits, &y);
+    let dice = soft_dice(&logits.sigmoid(), &y).double_value(&[]);
+    let probs = probs_to_vec(&logits.sigmoid()).unwrap();
+    let px = (SIZE * SIZE) as usize;
+    let mut expected = Vec::new();
+    for i in 0..3 {
+        let (p, m) = (
+            &probs[i * px..(i + 1) * px],
+            &batch.masks[i * px..(i + 1) * px],
+        );
+        let tp = p
+            .iter()
+            .zip(m)
+            .filter(|(p, m)| **p >= 0.5 && **m > 0)
+            .count() as u64;
+        let fp = p
+            .iter()
+            .zip(m)
+            .filter(|(p, m)| **p >= 0.5 && **m == 0)
+            .count() as u64;
+        let fn_ = p
+            .iter()
+            .zip(m)
+            .filter(|(p, m)| **p < 0.5 && **m > 0)
+            .count() as u64;
+        expected.push((tp, fp, fn_));
+    }
+
+    // evaluation.csv: the reference's two lines, values as computed above (batch size 4 > 3
+    // images: one batch, so the batch mean is the mean).
     let eval = cfg.run_dir().join("eval");
     let csv = read(eval.join("evaluation.csv"));
-    let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines.len(), 2, "{csv}");
-    assert_eq!(lines[0], format!("loss,{}", report.loss));
-    assert_eq!(lines[1], format!("dice_coef,{}", report.dice_coef));
+    let rows: Vec<(&str, f64)> = csv
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(',').unwrap();
+            (k, v.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert_eq!(rows[0].0, "loss");
+    assert!((rows[0].1 - loss.double_value(&[])).abs() < 1e-6, "{csv}");
+    assert_eq!(rows[1].0, "dice_coef");
+    assert!((rows[1].1 - dice).abs() < 1e-6, "{csv}");
 
     let json: serde_json::Value =
         serde_json::from_str(&read(eval.join("evaluation.json"))).unwrap();
     let cases = json["metric_per_case"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
     let (mut tp, mut fp, mut fn_) = (0, 0, 0);
-    for case in cases {
+    for (case, (etp, efp, efn)) in cases.iter().zip(&expected) {
         let m = &case["metrics"];
-        let (a, b, c) = (
-            m["TP"].as_u64().unwrap(),
-            m["FP"].as_u64().unwrap(),
-            m["FN"].as_u64().unwrap(),
-        );
+        let get = |k: &str| m[k].as_u64().unwrap();
         assert_eq!(
-            m["TP"].as_u64().unwrap()
-                + m["FP"].as_u64().unwrap()
-                + m["FN"].as_u64().unwrap()
-                + m["TN"].as_u64().unwrap(),
-            u64::from(SIZE * SIZE)
+            (get("TP"), get("FP"), get("FN")),
+            (*etp, *efp, *efn),
+            "{case}"
         );
-        if a + b + c > 0 {
-            let dice = 2.0 * a as f64 / (2 * a + b + c) as f64;
-            assert!((m["Dice"].as_f64().unwrap() - dice).abs() < 1e-12);
-        } else {
-            assert!(m["Dice"].is_null());
-        }
-        tp += a;
-        fp += b;
-        fn_ += c;
+        assert_eq!(get("TP") + get("FP") + get("FN") + get("TN"), px as u64);
+        tp += etp;
+        fp += efp;
+        fn_ += efn;
     }
     assert_eq!(json["pooled"]["TP"].as_u64().unwrap(), tp);
     assert_eq!(json["pooled"]["FP"].as_u64().unwrap(), fp);
     assert_eq!(json["pooled"]["FN"].as_u64().unwrap(), fn_);
     assert_eq!(report.pooled.tp, tp);
     assert_eq!(json["threshold"].as_f64(), Some(0.5));
+    assert_eq!(json["model"]["arch"].as_str(), Some("unet"));
 }
 
 #[test]
@@ -534,46 +632,138 @@ fn bad_inputs_give_errors_that_name_the_problem() {
         "{err}"
     );
 
-    // No write permission on the output folder. Root writes anyway: then this case is skipped.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let locked = tmp.path().join("locked");
-        std::fs::create_dir_all(&locked).unwrap();
-        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
-        if std::fs::write(locked.join("probe"), b"x").is_ok() {
-            eprintln!("running as root: the no-write-permission case cannot fail here; skipped");
-        } else {
-            let inputs = run.join("dataset/test/images");
-            let err = format!(
-                "{:#}",
-                infer_run(
-                    &cfg,
-                    DeviceChoice::Cpu,
-                    Some(&inputs),
-                    Some(&locked.join("out"))
-                )
-                .unwrap_err()
-            );
-            assert!(err.contains("locked"), "{err}");
-        }
-        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // An output folder that cannot be created (its parent is a file; refused even for root).
+    let blocker = tmp.path().join("blocker");
+    std::fs::write(&blocker, b"a file").unwrap();
+    let inputs = run.join("dataset/test/images");
+    let err = format!(
+        "{:#}",
+        infer_run(
+            &cfg,
+            DeviceChoice::Cpu,
+            Some(&inputs),
+            Some(&blocker.join("out"))
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("blocker/out"), "{err}");
 }
 
 #[test]
-fn cuda_request_without_a_gpu_is_a_clear_error() {
-    if tch::Cuda::is_available() {
-        return;
-    }
+fn cuda_request_uses_the_gpu_or_is_a_clear_error() {
+    let _torch = torch_lock();
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = setup(tmp.path());
-    let err = format!(
-        "{:#}",
-        train_run(&cfg, DeviceChoice::Cuda, false).unwrap_err()
-    );
-    if fundus_pipeline::train::device::load_cuda_backend().is_ok() && tch::Cuda::is_available() {
-        return;
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 1;
+    cfg.train.preview_images = 0;
+    let result = train_run(&cfg, DeviceChoice::Cuda, false);
+    let gpu =
+        fundus_pipeline::train::device::load_cuda_backend().is_ok() && tch::Cuda::is_available();
+    match result {
+        Ok(report) => {
+            assert!(gpu, "trained with --device cuda although no GPU is visible");
+            assert_eq!(report.device, Device::Cuda(0));
+        }
+        Err(err) => {
+            assert!(!gpu, "a GPU is visible but training failed: {err:#}");
+            assert!(
+                format!("{err:#}").contains("CUDA is not available"),
+                "{err:#}"
+            );
+        }
     }
-    assert!(err.contains("CUDA is not available"), "{err}");
+}
+
+/// `--out` is the output root on every training command; `infer --infer-dir` is infer's folder.
+#[test]
+fn infer_out_is_the_output_root_and_infer_dir_its_folder() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 1;
+    cfg.train.preview_images = 0;
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    // The config names another root; --out points at the real one.
+    let real_root = cfg.out.clone();
+    cfg.out = tmp.path().join("elsewhere");
+    let file = common::config(tmp.path(), "cfg", &serde_json::to_string(&cfg).unwrap());
+    let (file, root) = (file.to_str().unwrap(), real_root.to_str().unwrap());
+    let inputs = real_root.join("run/dataset/test/images");
+    let inputs = inputs.to_str().unwrap();
+    common::pipeline_ok(&[
+        "infer", "-c", file, "--out", root, "--device", "cpu", "--images", inputs,
+    ]);
+    assert!(real_root.join("run/infer/s00_orig_mask.png").is_file());
+    let dir = tmp.path().join("masks");
+    let args = [
+        "--device",
+        "cpu",
+        "--images",
+        inputs,
+        "--infer-dir",
+        dir.to_str().unwrap(),
+    ];
+    common::pipeline_ok(&[&["infer", "-c", file, "--out", root][..], &args].concat());
+    assert!(dir.join("s02_orig_overlay.png").is_file());
+    common::pipeline_ok(&["evaluate", "-c", file, "--out", root, "--device", "cpu"]);
+    assert!(real_root.join("run/eval/evaluation.json").is_file());
+    assert!(!tmp.path().join("elsewhere").exists());
+}
+
+/// A `generate.size` the network cannot take stops `pipeline all` before anything is written,
+/// naming the config file and both fields; `--no-train` does not need the check.
+#[test]
+fn all_with_a_size_the_model_cannot_take_fails_before_generating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::tiny_dataset(&data, 3, 60, 40);
+    let out = tmp.path().join("out");
+    let json = format!(
+        r#"{{"name": "t", "data": "{}", "out": "{}", "generate": {{"size": 48, "variants": {{"rotate": []}}}}}}"#,
+        data.display(),
+        out.display()
+    );
+    let file = common::config(tmp.path(), "cfg", &json);
+    let file = file.to_str().unwrap();
+    let run = common::pipeline(&["all", "-c", file, "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("cfg.json")
+            && err.contains("`generate.size` (48)")
+            && err.contains("`model.levels` 8"),
+        "{err}"
+    );
+    assert!(!out.exists(), "all wrote before failing");
+    common::pipeline_ok(&["all", "-c", file, "--no-train"]);
+    assert!(out.join("t/dataset/train").is_dir());
+}
+
+/// `-h` of train, evaluate, infer and all: every option has a description.
+#[test]
+fn every_option_of_the_training_commands_has_help() {
+    for cmd in ["train", "evaluate", "infer", "all"] {
+        let help = common::pipeline_ok(&[cmd, "-h"]);
+        let lines: Vec<&str> = help.lines().collect();
+        let mut options = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            if !t.starts_with('-') {
+                continue;
+            }
+            options += 1;
+            // "  -c, --config <CONFIG>  Run configuration", or the text on the next line.
+            let same_line = t
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
+            let next_line = lines
+                .get(i + 1)
+                .is_some_and(|n| !n.trim().is_empty() && !n.trim_start().starts_with('-'));
+            assert!(
+                same_line || next_line,
+                "`pipeline {cmd}`: no help for {t:?}\n{help}"
+            );
+        }
+        assert!(options >= 3, "{help}");
+    }
 }

@@ -1,7 +1,8 @@
-//! Checkpoints: `<name>.safetensors` (the VarStore, fp32) + `<name>.json` (the model config, the
-//! image size, and the loop state `--resume` needs) + for `last`, `last.optim.safetensors` (Adam's
-//! moment estimates). Loading checks the model shape first, so a checkpoint of another model
-//! gives an error naming both shapes instead of a tensor copy failure.
+//! Checkpoints: `<name>.safetensors` (the VarStore, fp32) + `<name>.json` (the model config with
+//! its `arch`, the image size, and the loop state `--resume` needs) + for `last`,
+//! `last.optim.safetensors` (Adam's moment estimates). Loading checks the model config first, so
+//! a checkpoint of another architecture or shape gives an error naming both instead of a tensor
+//! copy failure.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,24 @@ pub struct TrainState {
 }
 
 impl TrainState {
+    /// The state before the first epoch of a fresh run.
+    pub fn fresh(model: &ModelConfig, size: u32, lr: f64) -> Self {
+        Self {
+            format: FORMAT.to_string(),
+            model: model.clone(),
+            size,
+            epoch: 0,
+            optimizer_step: 0,
+            lr,
+            best_val_loss: f64::INFINITY,
+            best_epoch: 0,
+            epochs_without_improvement: 0,
+            plateau_wait: 0,
+            stopped_early: false,
+            history: Vec::new(),
+        }
+    }
+
     /// Books an epoch's validation loss: best so far (strictly lower), reduce-on-plateau
     /// (`lr *= reduce_lr_factor`, not below `min_lr`, after `reduce_lr_patience` epochs without
     /// improvement; the wait restarts after a reduction, as in Keras) and early stopping. Returns
@@ -191,20 +210,7 @@ mod tests {
             min_lr: 0.1,
             ..TrainConfig::default()
         };
-        let mut st = TrainState {
-            format: FORMAT.into(),
-            model: ModelConfig::small(),
-            size: 64,
-            epoch: 0,
-            optimizer_step: 0,
-            lr: 1.0,
-            best_val_loss: f64::INFINITY,
-            best_epoch: 0,
-            epochs_without_improvement: 0,
-            plateau_wait: 0,
-            stopped_early: false,
-            history: vec![],
-        };
+        let mut st = TrainState::fresh(&ModelConfig::small(), 64, 1.0);
         let mut lrs = vec![];
         let mut improved = vec![];
         // Improves at 1 and 2, then never again (an equal loss is no improvement).

@@ -61,6 +61,13 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
+/// [`select`], then prints `<stage>: device <describe>` (what every stage prints at start).
+pub fn select_for(stage: &str, choice: DeviceChoice) -> Result<Device> {
+    let device = select(choice)?;
+    println!("{stage}: device {}", describe(device));
+    Ok(device)
+}
+
 /// `cpu (2 threads)` or `cuda:0 (1 CUDA device)`: what the stages print at start.
 pub fn describe(device: Device) -> String {
     match device {

@@ -4,23 +4,25 @@
 
 use anyhow::Result;
 use serde_json::json;
-use tch::nn::VarStore;
-use tch::Kind;
 
-use super::data::{scan_split, Loader};
-use super::metrics::{bce_dice_loss, mean_defined, Confusion};
-use super::unet::UNet;
-use super::{check_size, checkpoint, device, io, probs_to_vec};
+use super::batches::eval_batches;
+use super::data::{scan_split, Batch};
+use super::metrics::{mean_defined, Confusion};
+use super::model::Model;
+use super::{checkpoint, device, io};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
 use crate::io::{write_atomic, write_json};
 
+/// Probability threshold of the hard scores (a pixel is lesion when p >= 0.5).
 pub const THRESHOLD: f32 = 0.5;
 
 /// What `evaluate` computed (also written to `<run>/eval/`).
 #[derive(Debug, Clone)]
 pub struct EvalReport {
+    /// Mean loss over the test images (batch means weighted by batch size).
     pub loss: f64,
+    /// Mean soft Dice, weighted the same way.
     pub dice_coef: f64,
     /// (stem, counts) per test image, sorted by stem.
     pub per_image: Vec<(String, Confusion)>,
@@ -28,38 +30,24 @@ pub struct EvalReport {
     pub pooled: Confusion,
 }
 
+/// Evaluates the `best` checkpoint of `<run>/train/` on `<run>/dataset/test` and writes
+/// `<run>/eval/evaluation.{csv,json}`. Errors: no checkpoint, a checkpoint of another model,
+/// a missing or unreadable test split.
 pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
-    let device = device::select(choice)?;
-    println!("evaluate: device {}", device::describe(device));
+    let device = device::select_for("evaluate", choice)?;
     let size = cfg.generate.size;
-    check_size(&cfg.model, size)?;
+    cfg.model.check_size(size)?;
     let run = cfg.run_dir();
     let test = scan_split(&run, "test")?;
     let ckpt_dir = run.join("train");
-    let mut vs = VarStore::new(device);
-    let unet = UNet::new(&vs.root(), &cfg.model);
-    let state = checkpoint::load(&ckpt_dir, "best", &mut vs, &cfg.model)?;
+    let (model, state) = Model::load(&cfg.model, size, &ckpt_dir, "best", device)?;
     let out = run.join("eval");
     io::create_dir(&out)?;
 
-    let order: Vec<usize> = (0..test.len()).collect();
-    let bs = cfg.train.batch_size;
-    let (mut sl, mut sd, mut n) = (0.0, 0.0, 0usize);
     let mut per_image = Vec::with_capacity(test.len());
     let mut pooled = Confusion::default();
     let px = (size * size) as usize;
-    for batch in Loader::new(&test, &order, bs, size) {
-        let batch = batch?;
-        let (x, y) = batch.tensors(device);
-        let (loss, dice, probs) = tch::no_grad(|| {
-            let logits = unet.forward(&x, false, Kind::Float);
-            let (l, d) = bce_dice_loss(&logits, &y);
-            (l, d, logits.sigmoid())
-        });
-        sl += loss.double_value(&[]) * batch.len() as f64;
-        sd += dice.double_value(&[]) * batch.len() as f64;
-        n += batch.len();
-        let probs = probs_to_vec(&probs)?;
+    let mut score = |batch: &Batch, probs: &[f32]| -> Result<()> {
         for (i, stem) in batch.stems.iter().enumerate() {
             let c = Confusion::from_probs(
                 &probs[i * px..(i + 1) * px],
@@ -69,10 +57,19 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
             pooled.add(&c);
             per_image.push((stem.clone(), c));
         }
-    }
+        Ok(())
+    };
+    let means = eval_batches(
+        &model,
+        &test,
+        cfg.train.batch_size,
+        size,
+        None,
+        Some(&mut score),
+    )?;
     let report = EvalReport {
-        loss: sl / n as f64,
-        dice_coef: sd / n as f64,
+        loss: means.loss,
+        dice_coef: means.dice,
         per_image,
         pooled,
     };

@@ -5,25 +5,26 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use image::{GrayImage, Luma, Rgb, RgbImage};
-use tch::nn::VarStore;
-use tch::Kind;
-
 use super::data::{image_files, images_tensor};
-use super::unet::UNet;
-use super::{check_size, checkpoint, device, io, probs_to_vec};
+use super::model::Model;
+use super::{device, io, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
 use crate::io::{encode_png_gray, encode_png_rgb, open_image, write_atomic};
 use crate::prep::{fill_colour, square_image, unsquare, SquareGeometry};
+use anyhow::{bail, Context, Result};
+use image::{GrayImage, Luma, Rgb, RgbImage};
 
 /// Files written for one input.
 #[derive(Debug, Clone)]
 pub struct InferOutput {
+    /// The full-size fundus image read.
     pub input: PathBuf,
+    /// `<stem>_mask.png`: 1-channel 0/255 at the input's size.
     pub mask: PathBuf,
+    /// `<stem>_green.png`: the mask in green on black.
     pub green: PathBuf,
+    /// `<stem>_overlay.png`: the mask blended over the input.
     pub overlay: PathBuf,
 }
 
@@ -90,21 +91,23 @@ pub fn mask_from_probs(probs: &[f32], g: &SquareGeometry, threshold: f64) -> Res
     }))
 }
 
+/// Predicts a mask for every input image ([`input_images`]) with the `best` checkpoint of
+/// `<run>/train/` and writes the three files per input into `infer_dir` (default
+/// `<run>/infer/`). Errors: no checkpoint or one of another model, an unreadable input, an
+/// output folder that cannot be created.
 pub fn infer_run(
     cfg: &Config,
     choice: DeviceChoice,
     images: Option<&Path>,
-    out: Option<&Path>,
+    infer_dir: Option<&Path>,
 ) -> Result<Vec<InferOutput>> {
     let inputs = input_images(cfg, images)?;
-    let device = device::select(choice)?;
-    println!("infer: device {}", device::describe(device));
+    let device = device::select_for("infer", choice)?;
     let size = cfg.generate.size;
-    check_size(&cfg.model, size)?;
-    let mut vs = VarStore::new(device);
-    let unet = UNet::new(&vs.root(), &cfg.model);
-    checkpoint::load(&cfg.run_dir().join("train"), "best", &mut vs, &cfg.model)?;
-    let out = out.map_or_else(|| cfg.run_dir().join("infer"), Path::to_path_buf);
+    cfg.model.check_size(size)?;
+    let dir = cfg.run_dir().join("train");
+    let (model, _) = Model::load(&cfg.model, size, &dir, "best", device)?;
+    let out = infer_dir.map_or_else(|| cfg.run_dir().join("infer"), Path::to_path_buf);
     io::create_dir(&out)?;
 
     let mut written = Vec::with_capacity(inputs.len());
@@ -112,9 +115,7 @@ pub fn infer_run(
         let img = open_image(&input)?.to_rgb8();
         let (sq, geom) = square_image(&img, fill_colour(&img), size)?;
         let x = images_tensor(sq.as_raw(), 1, i64::from(size), device);
-        let probs = probs_to_vec(&tch::no_grad(|| {
-            unet.forward(&x, false, Kind::Float).sigmoid()
-        }))?;
+        let probs = probs_to_vec(&model.predict(&x))?;
         let mask = mask_from_probs(&probs, &geom, cfg.infer.threshold)?;
         let green = RgbImage::from_fn(mask.width(), mask.height(), |x, y| {
             Rgb([0, mask.get_pixel(x, y)[0], 0])

@@ -1,12 +1,27 @@
-//! The UNet of SPEC section 7, layer for layer the model of the PyTorch reference
-//! (`torch_unet_ref.py`): same blocks, same kernel sizes, same dropout, same initialisation
-//! bounds, and the same parameter names as its `state_dict` (`down.0.0.weight`, `up.0.bias`,
-//! `dec.3.3.weight`, `head.weight`), so a checkpoint can be read by either side.
+//! `unet`: the reference UNet (docs/training.md#the-model), layer for layer the model of the
+//! PyTorch reference (`torch_unet_ref.py`): same blocks, same kernel sizes, same dropout, same
+//! initialisation bounds, and the same parameter names as its `state_dict` (`down.0.0.weight`,
+//! `up.0.bias`, `dec.3.3.weight`, `head.weight`), so a checkpoint can be read by either side.
 
-use tch::nn::{Init, Path};
+use tch::nn::{Init, ModuleT, Path};
 use tch::{Kind, Tensor};
 
-use crate::train_config::ModelConfig;
+use super::ArchSpec;
+use crate::train::model::SegNet;
+use crate::train_config::{Arch, ModelConfig};
+
+/// The registry entry of `unet`.
+pub const SPEC: ArchSpec = ArchSpec {
+    arch: Arch::Unet,
+    paper: "Ronneberger et al. 2015, as the PyTorch reference torch_unet_ref.py builds it",
+    build,
+    param_count,
+    small: ModelConfig::small,
+};
+
+fn build(root: &Path, cfg: &ModelConfig) -> Box<dyn SegNet> {
+    Box::new(UNet::new(root, cfg))
+}
 
 /// Kernel size of level i: max(3, 9 - 2i) -> 9, 7, 5, 3, 3, ...
 pub fn kernel(level: usize) -> i64 {
@@ -18,6 +33,7 @@ pub fn dropout(level: usize) -> f64 {
     0.05 * level as f64
 }
 
+#[derive(Debug)]
 struct Conv {
     w: Tensor,
     b: Tensor,
@@ -52,6 +68,7 @@ impl Conv {
 }
 
 /// conv -> ReLU -> dropout -> conv -> ReLU (`nn.Sequential` indices 0 and 3 hold the convs).
+#[derive(Debug)]
 struct Block {
     c1: Conv,
     c2: Conv,
@@ -80,6 +97,7 @@ impl Block {
 }
 
 /// 2x2 stride-2 transposed convolution (weight [cin, cout, 2, 2], PyTorch's fan_in = cout * 4).
+#[derive(Debug)]
 struct Up {
     w: Tensor,
     b: Tensor,
@@ -112,6 +130,7 @@ impl Up {
 }
 
 /// The network. `forward` returns logits (sigmoid is applied by the loss and the predictions).
+#[derive(Debug)]
 pub struct UNet {
     down: Vec<Block>,
     up: Vec<Up>,
@@ -120,6 +139,8 @@ pub struct UNet {
 }
 
 impl UNet {
+    /// Creates the variables under `root`, drawing initial weights from libtorch's global
+    /// generator (seed it with `tch::manual_seed` first).
     pub fn new(root: &Path, cfg: &ModelConfig) -> Self {
         let ch: Vec<i64> = (0..cfg.levels)
             .map(|i| (cfg.base_filters << i) as i64)
@@ -168,6 +189,18 @@ impl UNet {
     }
 }
 
+impl SegNet for UNet {
+    fn forward_kind(&self, x: &Tensor, train: bool, kind: Kind) -> Tensor {
+        self.forward(x, train, kind)
+    }
+}
+
+impl ModuleT for UNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward(x, train, Kind::Float)
+    }
+}
+
 /// Number of parameters of a model config, without building it (same formula as the layers).
 pub fn param_count(cfg: &ModelConfig) -> u64 {
     let conv = |cin: u64, cout: u64, k: u64| cout * cin * k * k + cout;
@@ -188,4 +221,63 @@ pub fn param_count(cfg: &ModelConfig) -> u64 {
         c = ch[lvl];
     }
     n + conv(c, 1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::model::Model;
+    use tch::nn::VarStore;
+
+    #[test]
+    fn parameter_count_matches_the_reference() {
+        // Counts of torch_unet_ref.py's UNet(levels, f): sum(p.numel() for p in model.parameters()).
+        for (levels, f, n) in [(8, 16, 124_996_849u64), (4, 8, 260_793), (2, 4, 11_029)] {
+            let cfg = ModelConfig {
+                levels,
+                base_filters: f,
+                ..ModelConfig::default()
+            };
+            assert_eq!(param_count(&cfg), n, "levels {levels} f {f}");
+            if levels <= 4 {
+                let vs = VarStore::new(tch::Device::Cpu);
+                let _net = UNet::new(&vs.root(), &cfg);
+                let built: i64 = vs
+                    .trainable_variables()
+                    .iter()
+                    .map(|t| t.numel() as i64)
+                    .sum();
+                assert_eq!(built as u64, n);
+            }
+        }
+    }
+
+    #[test]
+    fn forward_keeps_the_spatial_size() {
+        let cfg = ModelConfig {
+            levels: 3,
+            base_filters: 4,
+            ..ModelConfig::default()
+        };
+        let model = Model::build(&cfg, tch::Device::Cpu);
+        assert_eq!(model.param_count(), param_count(&cfg));
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, tch::Device::Cpu));
+        let y = model.forward(&x, true, Kind::Float);
+        assert_eq!(y.size(), [2, 1, 32, 32]);
+        let yb = model.forward(&x, false, Kind::BFloat16);
+        assert_eq!(yb.kind(), Kind::Float);
+        assert_eq!(model.forward_heads(&x, false, Kind::Float).len(), 1);
+        let names: Vec<String> = model.vs.variables().into_keys().collect();
+        for n in [
+            "down.0.0.weight",
+            "down.2.3.bias",
+            "up.0.weight",
+            "dec.1.3.weight",
+            "head.bias",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
+        }
+        assert!(cfg.check_size(30).is_err());
+        assert!(cfg.check_size(32).is_ok());
+    }
 }

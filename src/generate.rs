@@ -242,6 +242,19 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     Ok(report)
 }
 
+/// The manifest of a complete generation; refuses a run folder whose generation was interrupted
+/// while replacing the master set (its `master/` may be half swapped), naming the command.
+pub fn require_complete(run_dir: &Path) -> Result<Manifest> {
+    if run_dir.join(COMMIT).exists() {
+        bail!(
+            "a generation in {} was interrupted while replacing the master set; rerun \
+             `pipeline generate` (or `pipeline generate --resume`) first",
+            run_dir.display()
+        );
+    }
+    Manifest::load(run_dir)
+}
+
 /// The journal's first line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Header {

@@ -94,6 +94,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Preview(a) => {
             let cfg = load(&a.common)?;
             let _lock = lock_run(&cfg, "preview", false)?;
+            generate::require_complete(&cfg.run_dir())?;
             let path = preview::preview(&cfg, a.source.as_deref(), a.sheet_dir.as_deref())?;
             println!("preview -> {}", path.display());
         }

@@ -36,14 +36,7 @@ pub struct SplitReport {
 /// made stale by an interrupted generation), naming the command to run. Called by every stage
 /// that reads `dataset/`.
 pub fn require_complete(run_dir: &Path) -> Result<()> {
-    if run_dir.join(crate::generate::COMMIT).exists() {
-        bail!(
-            "a generation in {} was interrupted while replacing the master set; rerun \
-             `pipeline generate` (with --resume), then `pipeline split`",
-            run_dir.display()
-        );
-    }
-    let m = Manifest::load(run_dir)?;
+    let m = crate::generate::require_complete(run_dir)?;
     if m.split.is_none() {
         bail!(
             "{} records no complete split (never made, or interrupted); run `pipeline split` \
@@ -57,10 +50,7 @@ pub fn require_complete(run_dir: &Path) -> Result<()> {
 /// Splits the run's master set as the config says and writes `dataset/` and the manifest.
 pub fn split(cfg: &Config) -> Result<SplitReport> {
     let run_dir = cfg.run_dir();
-    if run_dir.join(crate::generate::COMMIT).exists() {
-        require_complete(&run_dir)?;
-    }
-    let mut m = Manifest::load(&run_dir)?;
+    let mut m = crate::generate::require_complete(&run_dir)?;
     let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;

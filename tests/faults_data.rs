@@ -96,6 +96,25 @@ impl Case {
         false
     }
 
+    /// Runs `args` killed at the first commit point whose label contains `label`.
+    fn kill_at_label(&self, args: &[&str], label: &str) {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.cfg()]);
+        for n in 1..1000 {
+            let snapshot = tree(&self.run_dir());
+            let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+                .args(&all)
+                .env(ABORT, n.to_string())
+                .output()
+                .unwrap();
+            if stderr(&out).contains(label) {
+                return;
+            }
+            assert!(!out.status.success(), "no commit point {label:?}");
+            restore(&self.run_dir(), &snapshot);
+        }
+    }
+
     fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
         assert!(text.contains(from), "config lacks {from}");
@@ -415,6 +434,27 @@ fn stats_and_evaluate_after_a_split_killed_part_way_are_refused() {
         &["no complete split", "pipeline split"],
     );
     assert!(!c.run_dir().join("stats.json").exists());
+}
+
+#[test]
+fn readers_refuse_a_generation_killed_while_replacing_the_set() {
+    let c = Case::lean(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    c.kill_at_label(&["generate"], "generate: master set aside");
+    for args in [
+        &["preview"][..],
+        &["split"],
+        &["stats"],
+        &["train", "--device", "cpu"],
+    ] {
+        assert_refused(
+            &c.run(args),
+            &["interrupted while replacing", "pipeline generate"],
+        );
+    }
+    c.ok(&["generate", "--resume"]);
+    c.ok(&["preview"]);
 }
 
 // ---------------------------------------------------------- 3. kill anywhere, same bytes

@@ -55,7 +55,11 @@ pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>>
     }
     let src = cfg.data.join(crate::dataset::layout::IMAGES_DIR);
     // The same reader as the generator's scan: any extension case, links followed.
-    let sources = image_files(&src)?;
+    let sources = if src.is_dir() {
+        image_files(&src)?
+    } else {
+        Default::default()
+    };
     let mut out = Vec::new();
     for stem in image_files(&test)?.into_keys() {
         if let Some(source) = stem.strip_suffix("_orig") {

@@ -32,7 +32,26 @@ pub struct Config {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub infer: InferConfig,
+    /// Largest accepted input image, width x height in pixels (larger files are refused with
+    /// their size and this limit). Written to the canonical config only when changed.
+    #[serde(skip_serializing_if = "is_default_max_pixels")]
+    pub max_image_pixels: u64,
 }
+
+fn is_default_max_pixels(n: &u64) -> bool {
+    *n == crate::input::DEFAULT_MAX_PIXELS
+}
+
+/// Longest accepted variant name (`rotate_<angle>` etc.): file names stay short and readable.
+pub const MAX_VARIANT_NAME: usize = 32;
+
+/// Largest accepted `generate.size`: one 4096 x 4096 RGB image is 48 MiB, and every
+/// deterministic variant keeps a precomputed map of about 12 bytes per pixel.
+pub const MAX_SIZE: u32 = 4096;
+
+/// Largest accepted gaussian sigma (pixels) of the elastic and distortion fields: the blur pads
+/// every line by 4 sigma, so a huge sigma would exhaust memory; far beyond this the field is flat.
+pub const MAX_SIGMA: f64 = 10_000.0;
 
 impl Default for Config {
     fn default() -> Self {
@@ -48,6 +67,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             train: TrainConfig::default(),
             infer: InferConfig::default(),
+            max_image_pixels: crate::input::DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -294,9 +314,21 @@ impl Config {
         {
             bail!("`name` must be a plain folder name, got {:?}", self.name);
         }
+        if self.name.contains('\0') || self.name.len() > 200 {
+            bail!(
+                "`name` must be a plain folder name of at most 200 bytes without NUL, got {:?}",
+                self.name
+            );
+        }
+        if self.max_image_pixels == 0 {
+            bail!("`max_image_pixels` must be > 0");
+        }
         let g = &self.generate;
-        if g.size < 8 {
-            bail!("`generate.size` must be at least 8, got {}", g.size);
+        if g.size < 8 || g.size > MAX_SIZE {
+            bail!(
+                "`generate.size` must be within 8..={MAX_SIZE}, got {}",
+                g.size
+            );
         }
         if !(g.threshold.is_finite() && (0.0..=1.0).contains(&g.threshold)) {
             bail!(
@@ -337,9 +369,10 @@ impl Config {
                     e.alpha
                 );
             }
-            if e.sigma <= 0.0 {
+            if e.sigma <= 0.0 || e.sigma > MAX_SIGMA {
                 bail!(
-                    "`generate.variants.elastic[{i}].sigma` must be > 0, got {}",
+                    "`generate.variants.elastic[{i}].sigma` must be in (0, {MAX_SIGMA}] pixels, \
+                     got {}",
                     e.sigma
                 );
             }
@@ -351,12 +384,13 @@ impl Config {
             }
         }
         finite("generate.variants.distort_sigma", v.distort_sigma)?;
-        if v.distort_sigma <= 0.0 {
+        if v.distort_sigma <= 0.0 || v.distort_sigma > MAX_SIGMA {
             bail!(
-                "`generate.variants.distort_sigma` must be > 0, got {}",
+                "`generate.variants.distort_sigma` must be in (0, {MAX_SIGMA}] pixels, got {}",
                 v.distort_sigma
             );
         }
+        check_variant_names(v)?;
         let l = &v.lens;
         finite("generate.variants.lens.amount", l.amount)?;
         finite("generate.variants.lens.radius", l.radius)?;
@@ -433,6 +467,44 @@ impl Config {
     }
 }
 
+/// Every variant name (which is part of file names, `<stem>_<variant>.png`) must be at most
+/// [`MAX_VARIANT_NAME`] characters; the message names the field and shows the name.
+fn check_variant_names(v: &VariantsConfig) -> Result<()> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for (field, kind, list) in [
+        ("rotate", "rotate", &v.rotate),
+        ("shrink", "shrink", &v.shrink),
+        ("shear_x", "shear_x", &v.shear_x),
+        ("shear_y", "shear_y", &v.shear_y),
+        ("distort", "distort", &v.distort),
+    ] {
+        for (i, x) in list.iter().enumerate() {
+            fields.push((
+                format!("generate.variants.{field}[{i}]"),
+                format!("{kind}_{x}"),
+            ));
+        }
+    }
+    for (i, e) in v.elastic.iter().enumerate() {
+        fields.push((
+            format!("generate.variants.elastic[{i}]"),
+            format!("elastic_{}_{}", e.alpha, e.sigma),
+        ));
+    }
+    for (field, name) in fields {
+        if name.chars().count() > MAX_VARIANT_NAME {
+            let shown: String = name.chars().take(MAX_VARIANT_NAME).collect();
+            bail!(
+                "`{field}` gives the variant name {shown}... ({} characters, the limit is \
+                 {MAX_VARIANT_NAME}): use a value with fewer digits (names are part of the file \
+                 names)",
+                name.chars().count()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn finite(field: &str, x: f64) -> Result<()> {
     if !x.is_finite() {
         bail!("`{field}` must be a finite number, got {x}");
@@ -488,6 +560,20 @@ mod tests {
                 r#"{"generate": {"variants": {"lens": {"centres": []}}}}"#,
                 "lens.centres",
             ),
+            (
+                r#"{"generate": {"variants": {"rotate": [1e-300]}}}"#,
+                "generate.variants.rotate[0]",
+            ),
+            (
+                r#"{"generate": {"variants": {"elastic": [{"alpha": 1e-30, "sigma": 4}]}}}"#,
+                "generate.variants.elastic[0]",
+            ),
+            (r#"{"generate": {"size": 100000}}"#, "generate.size"),
+            (
+                r#"{"generate": {"variants": {"distort_sigma": 1e300}}}"#,
+                "generate.variants.distort_sigma",
+            ),
+            (r#"{"max_image_pixels": 0}"#, "max_image_pixels"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(format!("{err:#}").contains(field), "{text}: {err:#}");

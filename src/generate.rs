@@ -1,12 +1,26 @@
 //! `pipeline generate`: every source -> its prepared square pair -> every configured variant,
 //! written as lossless files, in parallel (rayon) and deterministically (per-variant RNG streams).
 //!
-//! Crash safety: each file is written atomically; each finished pair is appended to a journal
-//! (`generate.journal`) with its hashes; `manifest.json` is written last. `--resume` keeps journal
-//! entries whose files still hash right and redoes the rest, so a killed run resumes to the same
-//! bytes. One bad source does not stop the others: it is reported at the end.
+//! Crash safety and "nothing lost" (the order of the durable steps is the protocol):
+//! 1. The run folder is checked: a different run (another generation key, an unreadable record,
+//!    files no record names) is refused unless `--force`.
+//! 2. `generate.journal` is written (header: generation key, variant names, image extension,
+//!    field-of-view hash); then, per source, a `begin` line (source hashes, ground-truth
+//!    warnings) before any of its files, and one line per finished pair with its hashes.
+//! 3. New files go to `staging/` (never over the complete set in `master/`).
+//! 4. When every source is done (or, with failures, only when there is no earlier complete set
+//!    to keep), the new manifest is written as `generate.commit.json` (the commit record), the
+//!    old split files recorded in the old manifest are removed, `master/` becomes `master.old/`,
+//!    `staging/` becomes `master/`, the files the old manifest recorded are removed from
+//!    `master.old/`, the commit record is renamed to `manifest.json`, and the journal removed.
+//!
+//! Every step is idempotent, so a rerun after a kill at any point finishes a pending commit and
+//! `--resume` keeps journal pairs whose files still hash right and whose sources are unchanged:
+//! the result is byte-identical to an uninterrupted run. Only files named by a record (manifest,
+//! commit record, journal) or temporary files of the tool are ever removed, never a folder
+//! wholesale. One bad source does not stop the others: it is reported at the end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -17,20 +31,29 @@ use anyhow::{bail, ensure, Context, Result};
 use image::GrayImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::augment::{plan, Pair, SampleMap, Variant};
 use crate::config::{Config, ImageFormat};
 use crate::dataset::layout::{scan, Problem, Source};
 use crate::io::{
-    decode_image, encode_jpeg_rgb, encode_png_gray, encode_png_rgb, hash_file, hash_hex,
+    commit_point, encode_jpeg_rgb, encode_png_gray, encode_png_rgb, hash_file, hash_hex,
     write_atomic, write_json,
 };
-use crate::manifest::{rel_path, Manifest, PairRecord, SourceRecord, FILE_NAME, SCHEMA};
-use crate::prep::{binarize, prepare};
+use crate::manifest::{
+    dataset_path, rel_path, Manifest, PairRecord, SourceRecord, FILE_NAME, SCHEMA,
+};
+use crate::prep::{binarize, prepare, read_truth};
 
 pub const JOURNAL: &str = "generate.journal";
 pub const RUN_INFO: &str = "run.json";
+/// Where a generation writes its files until it commits.
+pub const STAGING: &str = "staging";
+/// The new manifest while a generation commits.
+pub const COMMIT: &str = "generate.commit.json";
+/// The previous master set while a generation commits.
+pub const OLD_MASTER: &str = "master.old";
 
 /// How to run the generation.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +77,14 @@ pub struct GenerateReport {
     /// Pairs kept from an interrupted run (`--resume`).
     pub reused: usize,
     pub failed: Vec<Problem>,
+    /// Ground-truth warnings per source (the source was generated).
+    pub warnings: Vec<Problem>,
     pub ignored: Vec<PathBuf>,
+    /// Things the user should know (files left in place, an earlier set kept).
+    pub notes: Vec<String>,
+    /// Pairs of the earlier complete set that was kept because sources failed (nothing was
+    /// committed); `None` when the new set was committed.
+    pub kept_earlier: Option<usize>,
     pub seconds: f64,
 }
 
@@ -67,26 +97,44 @@ impl GenerateReport {
 /// Runs the generation of `cfg` into `<out>/<name>/master` and writes `manifest.json`.
 pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> {
     let started = Instant::now();
-    let scan = scan(&cfg.data, cfg.lesion)?;
     let run_dir = cfg.run_dir();
+    crate::run_dir::check_apart(&run_dir, &[("dataset root (`data`)", &cfg.data)])?;
+    let scan = scan(&cfg.data, cfg.lesion)?;
     let key = cfg.generation_key();
-    prepare_run_dir(&run_dir, &key, opts)?;
-    let images_dir = run_dir.join("master/images");
-    let masks_dir = run_dir.join("master/masks");
-    for d in [&images_dir, &masks_dir] {
-        std::fs::create_dir_all(d)
+    let variants = plan(&cfg.generate.variants);
+    let ext = match cfg.generate.image_format {
+        ImageFormat::Png => "png",
+        ImageFormat::Jpeg => "jpg",
+    };
+    let fov = load_fov(cfg, scan.fov_mask.as_deref())?;
+    let header = Header {
+        generation_key: key.clone(),
+        variants: variants.iter().map(Variant::name).collect(),
+        image_ext: ext.into(),
+        fov_hash: fov.as_ref().map(|(_, h)| h.clone()),
+    };
+    let mut notes = Vec::new();
+
+    let prior = Prior::read(&run_dir)?;
+    prior.check(&run_dir, &key, opts.force)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+    // A commit that was under way is finished first: its set is complete and recorded.
+    let old = if let Some(Ok(_)) = &prior.commit {
+        notes.extend(finish_commit(&run_dir, prior.manifest_ok())?);
+        Prior::read(&run_dir)?.manifest_ok().cloned()
+    } else {
+        prior.manifest_ok().cloned()
+    };
+
+    let kept = start_journal(&run_dir, &header, &prior.journal, &scan.sources, opts)?;
+    let journal = Journal::open(&run_dir)?;
+    for d in ["images", "masks"] {
+        let d = run_dir.join(STAGING).join(d);
+        std::fs::create_dir_all(&d)
             .with_context(|| format!("cannot create output folder {}", d.display()))?;
     }
 
-    let kept = if opts.resume {
-        read_journal(&run_dir, &key)?
-    } else {
-        HashMap::new()
-    };
-    let journal = Journal::create(&run_dir, &key, kept.values())?;
-
-    let variants = plan(&cfg.generate.variants);
-    let fov = load_fov(cfg, scan.fov_mask.as_deref())?;
     let total = scan.sources.len() * variants.len();
     let bar = progress_bar(total as u64, opts.progress);
     let ctx = Ctx {
@@ -94,7 +142,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         cfg,
         run_dir: &run_dir,
         variants: &variants,
-        fov: fov.as_ref(),
+        fov: fov.as_ref().map(|(f, _)| f),
         kept: &kept,
         journal: &journal,
         bar: &bar,
@@ -120,15 +168,21 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
             .collect()
     });
     bar.finish_and_clear();
+    drop(journal);
 
     let mut failed = scan.problems.clone();
+    let mut warnings = Vec::new();
     let mut sources = Vec::new();
     let mut pairs = Vec::new();
     for (src, r) in results {
         match r {
-            Ok((s, p)) => {
+            Ok((s, p, w)) => {
                 sources.push(s);
                 pairs.extend(p);
+                warnings.extend(w.into_iter().map(|message| Problem {
+                    stem: src.stem.clone(),
+                    message,
+                }));
             }
             Err(e) => failed.push(Problem {
                 stem: src.stem.clone(),
@@ -138,8 +192,32 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     }
     failed.sort_by(|a, b| a.stem.cmp(&b.stem));
     pairs.sort_by(|a, b| a.name.cmp(&b.name));
-    let reused = pairs.iter().filter(|p| kept.contains_key(&p.name)).count();
-    remove_strays(&run_dir, &pairs)?;
+    let reused = pairs
+        .iter()
+        .filter(|p| kept.pairs.contains_key(&p.name))
+        .count();
+
+    let mut report = GenerateReport {
+        run_dir: run_dir.clone(),
+        sources: sources.len(),
+        pairs: pairs.len(),
+        reused,
+        failed,
+        warnings,
+        ignored: scan.ignored,
+        notes,
+        kept_earlier: None,
+        seconds: 0.0,
+    };
+    if !report.failed.is_empty() {
+        if let Some(old) = &old {
+            // Never replace a complete set by a smaller one made while inputs are broken.
+            report.kept_earlier = Some(old.pairs.len());
+            report.seconds = started.elapsed().as_secs_f64();
+            write_run_info(&run_dir, &report, threads)?;
+            return Ok(report);
+        }
+    }
 
     let manifest = Manifest {
         schema: SCHEMA.into(),
@@ -149,31 +227,287 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
             "seed": cfg.seed,
             "lesion": cfg.lesion,
             "generate": cfg.generate,
-            "variants": variants.iter().map(Variant::name).collect::<Vec<_>>(),
+            "variants": header.variants,
         }),
         sources,
         pairs,
         split: None,
     };
-    manifest.save(&run_dir)?;
-    drop(journal);
-    let _ = std::fs::remove_file(run_dir.join(JOURNAL));
-
-    let report = GenerateReport {
-        run_dir: run_dir.clone(),
-        sources: manifest.sources.len(),
-        pairs: manifest.pairs.len(),
-        reused,
-        failed,
-        ignored: scan.ignored,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    check_staging(&run_dir, &manifest)?;
+    write_json(&run_dir.join(COMMIT), &manifest)?;
+    commit_point("generate: commit record written");
+    report.notes.extend(finish_commit(&run_dir, old.as_ref())?);
+    report.seconds = started.elapsed().as_secs_f64();
     write_run_info(&run_dir, &report, threads)?;
     Ok(report)
 }
 
-/// A finished source: its record and its pairs.
-type SourceOutput = (SourceRecord, Vec<PairRecord>);
+/// The manifest of a complete generation; refuses a run folder whose generation was interrupted
+/// while replacing the master set (its `master/` may be half swapped), naming the command.
+pub fn require_complete(run_dir: &Path) -> Result<Manifest> {
+    if run_dir.join(COMMIT).exists() {
+        bail!(
+            "a generation in {} was interrupted while replacing the master set; rerun \
+             `pipeline generate` (or `pipeline generate --resume`) first",
+            run_dir.display()
+        );
+    }
+    Manifest::load(run_dir)
+}
+
+/// The journal's first line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Header {
+    generation_key: String,
+    /// Variant names in plan order: with a `begin` line they name the files a source may have.
+    #[serde(default)]
+    variants: Vec<String>,
+    #[serde(default)]
+    image_ext: String,
+    /// blake3 of the field-of-view mask in use, if any.
+    #[serde(default)]
+    fov_hash: Option<String>,
+}
+
+/// A journal line written before any file of a source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Begin {
+    stem: String,
+    image_hash: String,
+    truth_hash: String,
+    #[serde(default)]
+    truth_warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Begin { begin: Begin },
+    Pair(Box<PairRecord>),
+}
+
+/// What a journal says (the last line of a source or pair wins).
+#[derive(Debug, Clone, Default)]
+struct JournalState {
+    /// `None`: no journal; `Some(None)`: a journal whose header does not parse.
+    header: Option<Option<Header>>,
+    begins: BTreeMap<String, Begin>,
+    pairs: BTreeMap<String, PairRecord>,
+}
+
+impl JournalState {
+    fn read(run_dir: &Path) -> Result<JournalState> {
+        let path = run_dir.join(JOURNAL);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut lines = BufReader::new(f).lines();
+        let header = lines
+            .next()
+            .and_then(|l| l.ok())
+            .and_then(|l| serde_json::from_str::<Header>(&l).ok());
+        let mut s = JournalState {
+            header: Some(header),
+            ..Default::default()
+        };
+        // A line cut by a kill does not parse and is skipped.
+        for l in lines.map_while(|l| l.ok()) {
+            match serde_json::from_str::<Line>(&l) {
+                Ok(Line::Begin { begin }) => {
+                    s.begins.insert(begin.stem.clone(), begin);
+                }
+                Ok(Line::Pair(p)) => {
+                    s.pairs.insert(p.name.clone(), *p);
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(s)
+    }
+
+    /// Every staged file the journal names: recorded pairs, and every variant of a begun source.
+    fn staged_files(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .pairs
+            .values()
+            .flat_map(|p| [p.image.clone(), p.mask.clone()])
+            .collect();
+        if let Some(Some(h)) = &self.header {
+            for stem in self.begins.keys() {
+                for v in &h.variants {
+                    out.insert(format!("master/images/{stem}_{v}.{}", h.image_ext));
+                    out.insert(format!("master/masks/{stem}_{v}.png"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What a run folder holds before a generation.
+struct Prior {
+    /// `None`: no manifest; `Some(Err)`: unreadable (corrupt, empty).
+    manifest: Option<Result<Manifest, String>>,
+    commit: Option<Result<Manifest, String>>,
+    journal: JournalState,
+    /// Files in `master/` although nothing records a set there.
+    unrecorded_master: usize,
+}
+
+impl Prior {
+    fn read(run_dir: &Path) -> Result<Prior> {
+        let load = |name: &str| {
+            let p = run_dir.join(name);
+            p.exists()
+                .then(|| Manifest::load_file(&p).map_err(|e| format!("{e:#}")))
+        };
+        let manifest = load(FILE_NAME);
+        let commit = load(COMMIT);
+        let journal = JournalState::read(run_dir)?;
+        let unrecorded_master = if manifest.is_none() && commit.is_none() {
+            files_under(&run_dir.join("master"))?.len()
+        } else {
+            0
+        };
+        Ok(Prior {
+            manifest,
+            commit,
+            journal,
+            unrecorded_master,
+        })
+    }
+
+    fn manifest_ok(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()?.as_ref().ok()
+    }
+
+    /// Refuses (unless `force`) a folder that holds another run or anything unaccounted for.
+    fn check(&self, run_dir: &Path, key: &str, force: bool) -> Result<()> {
+        let mut other = Vec::new();
+        for (name, m) in [(FILE_NAME, &self.manifest), (COMMIT, &self.commit)] {
+            match m {
+                Some(Ok(m)) if m.generation_key != key => other.push(format!(
+                    "{name} has generation key {}",
+                    short(&m.generation_key)
+                )),
+                Some(Err(e)) => other.push(format!("{name} is unreadable: {e}")),
+                _ => {}
+            }
+        }
+        match &self.journal.header {
+            Some(None) => other.push(format!("{JOURNAL} has no readable header")),
+            Some(Some(h)) if h.generation_key != key => other.push(format!(
+                "{JOURNAL} has generation key {}",
+                short(&h.generation_key)
+            )),
+            _ => {}
+        }
+        if self.unrecorded_master > 0 {
+            other.push(format!(
+                "master/ holds {} file(s) that no manifest or journal records",
+                self.unrecorded_master
+            ));
+        }
+        if !other.is_empty() && !force {
+            bail!(
+                "output folder {} holds a different run ({}; this config {}); use --force to \
+                 replace it (only files the tool recorded are removed), or choose another \
+                 `name`/--out",
+                run_dir.display(),
+                other.join("; "),
+                short(key)
+            );
+        }
+        Ok(())
+    }
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+/// Writes a new journal for this run and returns the pairs kept from the old one (`--resume`,
+/// same key, same field-of-view mask, unchanged source files, staged files that hash right).
+/// Staged files the old journal names that are not kept are removed, as are temporaries.
+fn start_journal(
+    run_dir: &Path,
+    header: &Header,
+    old: &JournalState,
+    sources: &[Source],
+    opts: &GenerateOptions,
+) -> Result<Kept> {
+    let same = old.header.as_ref().and_then(|h| h.as_ref()) == Some(header);
+    let mut begins: BTreeMap<String, Begin> = BTreeMap::new();
+    let mut kept: HashMap<String, PairRecord> = HashMap::new();
+    if opts.resume && same {
+        let current: HashMap<&str, &Source> =
+            sources.iter().map(|s| (s.stem.as_str(), s)).collect();
+        // A source counts only if its files still have the hashes recorded when it began.
+        begins = old
+            .begins
+            .par_iter()
+            .filter(|(stem, b)| {
+                current.get(stem.as_str()).is_some_and(|s| {
+                    hash_file(&s.image).is_ok_and(|h| h == b.image_hash)
+                        && hash_file(&s.truth).is_ok_and(|h| h == b.truth_hash)
+                })
+            })
+            .map(|(k, b)| (k.clone(), b.clone()))
+            .collect();
+        kept = old
+            .pairs
+            .par_iter()
+            .filter(|(_, r)| begins.contains_key(&r.source))
+            .filter(|(_, r)| {
+                let ok = |rel: &str, hash: &str| {
+                    hash_file(&staged(run_dir, rel)).is_ok_and(|h| h == hash)
+                };
+                ok(&r.image, &r.image_hash) && ok(&r.mask, &r.mask_hash)
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+    }
+    // Remove what the old journal recorded and is not kept, and the tool's temporaries.
+    let keep: BTreeSet<&str> = kept
+        .values()
+        .flat_map(|r| [r.image.as_str(), r.mask.as_str()])
+        .collect();
+    for rel in old.staged_files() {
+        if !keep.contains(rel.as_str()) {
+            remove_if_present(&staged(run_dir, &rel))?;
+        }
+    }
+    remove_temporaries(&run_dir.join(STAGING))?;
+
+    let mut text = serde_json::to_string(header)? + "\n";
+    for b in begins.values() {
+        text += &(serde_json::to_string(&json!({ "begin": b }))? + "\n");
+    }
+    let mut sorted: Vec<&PairRecord> = kept.values().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for r in sorted {
+        text += &(serde_json::to_string(r)? + "\n");
+    }
+    write_atomic(&run_dir.join(JOURNAL), text.as_bytes())?;
+    commit_point("generate: journal started");
+    Ok(Kept {
+        pairs: kept,
+        begins,
+    })
+}
+
+/// What `--resume` keeps of an interrupted run.
+#[derive(Debug, Default)]
+struct Kept {
+    pairs: HashMap<String, PairRecord>,
+    /// Begin records of the sources those pairs come from (hashes, ground-truth warnings).
+    begins: BTreeMap<String, Begin>,
+}
+
+/// A finished source: its record, its pairs, and its ground-truth warnings (messages).
+type SourceOutput = (SourceRecord, Vec<PairRecord>, Vec<String>);
 
 /// Shared, read-only state of one generation.
 struct Ctx<'a> {
@@ -183,43 +517,55 @@ struct Ctx<'a> {
     run_dir: &'a Path,
     variants: &'a [Variant],
     fov: Option<&'a GrayImage>,
-    kept: &'a HashMap<String, PairRecord>,
+    kept: &'a Kept,
     journal: &'a Journal,
     bar: &'a ProgressBar,
 }
 
 impl Ctx<'_> {
-    /// One source: read, hash, prepare, and write every variant not kept from an earlier run.
+    /// One source: read, hash, check, prepare, and write every variant not kept from an earlier
+    /// run (into `staging/`).
     fn source(&self, src: &Source) -> Result<SourceOutput> {
         let image_bytes = std::fs::read(&src.image)
             .with_context(|| format!("cannot read {}", src.image.display()))?;
         let truth_bytes = std::fs::read(&src.truth)
             .with_context(|| format!("cannot read {}", src.truth.display()))?;
-        let record = SourceRecord {
+        let mut record = SourceRecord {
             stem: src.stem.clone(),
             image: rel_path(&self.cfg.data, &src.image),
             truth: rel_path(&self.cfg.data, &src.truth),
             image_hash: hash_hex(&image_bytes),
             truth_hash: hash_hex(&truth_bytes),
+            truth_warnings: Vec::new(),
         };
         let name = |v: &Variant| format!("{}_{}", src.stem, v.name());
         let todo: Vec<&Variant> = self
             .variants
             .iter()
-            .filter(|v| !self.kept.contains_key(&name(v)))
+            .filter(|v| !self.kept.pairs.contains_key(&name(v)))
             .collect();
         let mut pairs: Vec<PairRecord> = self
             .variants
             .iter()
-            .filter_map(|v| self.kept.get(&name(v)).cloned())
+            .filter_map(|v| self.kept.pairs.get(&name(v)).cloned())
             .collect();
         self.bar.inc(pairs.len() as u64);
         if todo.is_empty() {
-            return Ok((record, pairs));
+            if let Some(b) = self.kept.begins.get(&src.stem) {
+                record.truth_warnings = b.truth_warnings.clone();
+            }
+            let messages = record
+                .truth_warnings
+                .iter()
+                .map(|c| format!("ground truth {}: {c}", src.truth.display()))
+                .collect();
+            return Ok((record, pairs, messages));
         }
 
-        let image = decode_image(&src.image, &image_bytes)?.to_rgb8();
-        let truth = decode_image(&src.truth, &truth_bytes)?.to_luma8();
+        let max_pixels = self.cfg.max_image_pixels;
+        let image = crate::input::decode(&src.image, &image_bytes, max_pixels)?.to_rgb8();
+        let truth = crate::input::decode(&src.truth, &truth_bytes, max_pixels)?;
+        let (truth, issues) = read_truth(&truth, self.cfg.generate.threshold);
         ensure!(
             image.dimensions() == truth.dimensions(),
             "image {} is {}x{} but its ground truth {} is {}x{}",
@@ -230,6 +576,17 @@ impl Ctx<'_> {
             truth.width(),
             truth.height()
         );
+        record.truth_warnings = issues.iter().map(|i| i.code().to_string()).collect();
+        let messages = issues
+            .iter()
+            .map(|i| {
+                format!(
+                    "ground truth {} {}",
+                    src.truth.display(),
+                    i.message(self.cfg.generate.threshold)
+                )
+            })
+            .collect();
         let mut mask = binarize(&truth, self.cfg.generate.threshold);
         if let Some(fov) = self.fov {
             ensure!(
@@ -251,6 +608,13 @@ impl Ctx<'_> {
             .with_context(|| format!("cannot prepare {}", src.image.display()))?;
         drop((image, truth, mask));
 
+        // Recorded before any file of the source is written (see the module docs).
+        self.journal.begin(&Begin {
+            stem: src.stem.clone(),
+            image_hash: record.image_hash.clone(),
+            truth_hash: record.truth_hash.clone(),
+            truth_warnings: record.truth_warnings.clone(),
+        })?;
         let written: Vec<PairRecord> = todo
             .par_iter()
             .map(|v| {
@@ -261,7 +625,7 @@ impl Ctx<'_> {
             })
             .collect::<Result<_>>()?;
         pairs.extend(written);
-        Ok((record, pairs))
+        Ok((record, pairs, messages))
     }
 
     fn write_variant(&self, square: &Pair, stem: &str, v: &Variant) -> Result<PairRecord> {
@@ -279,8 +643,8 @@ impl Ctx<'_> {
         let mask_bytes = encode_png_gray(&out.mask)?;
         let image = format!("master/images/{name}.{ext}");
         let mask = format!("master/masks/{name}.png");
-        write_atomic(&self.run_dir.join(&image), &img_bytes)?;
-        write_atomic(&self.run_dir.join(&mask), &mask_bytes)?;
+        write_atomic(&staged(self.run_dir, &image), &img_bytes)?;
+        write_atomic(&staged(self.run_dir, &mask), &mask_bytes)?;
         Ok(PairRecord {
             name,
             source: stem.to_string(),
@@ -296,102 +660,203 @@ impl Ctx<'_> {
     }
 }
 
-/// Makes sure the run folder holds nothing of a different run (or clears it with `--force`), and
-/// drops outputs that a new generation makes stale.
-fn prepare_run_dir(run_dir: &Path, key: &str, opts: &GenerateOptions) -> Result<()> {
-    let existing = existing_key(run_dir)?;
-    if let Some(other) = existing.filter(|k| k != key) {
-        if !opts.force {
-            bail!(
-                "output folder {} holds a different run (generation key {}, this config {}); \
-                 use --force to replace it, or choose another `name`/--out",
-                run_dir.display(),
-                short(&other),
-                short(key)
-            );
+/// Where a file of the new set (`master/...`, relative to the run folder) is staged.
+fn staged(run_dir: &Path, rel: &str) -> PathBuf {
+    run_dir
+        .join(STAGING)
+        .join(rel.strip_prefix("master/").unwrap_or(rel))
+}
+
+/// Finishes a commit whose record (`generate.commit.json`) is written: removes
+/// the old split's files, swaps `staging/` in as `master/`, removes the files the old manifest
+/// recorded from `master.old/`, and renames the record to `manifest.json`. Idempotent; returns
+/// notes about files left in place.
+fn finish_commit(run_dir: &Path, old: Option<&Manifest>) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let master = run_dir.join("master");
+    let old_master = run_dir.join(OLD_MASTER);
+    let staging = run_dir.join(STAGING);
+    if let Some(old) = old {
+        for p in old.pairs.iter().filter(|p| p.split.is_some()) {
+            let split = p.split.as_deref().unwrap_or_default();
+            for (kind, file) in [("images", &p.image), ("masks", &p.mask)] {
+                remove_if_present(&run_dir.join(dataset_path(split, kind, file)))?;
+            }
         }
-        std::fs::remove_dir_all(run_dir)
-            .with_context(|| format!("cannot clear {}", run_dir.display()))?;
-    }
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
-    // The split, and its manifest, are redone after every generation.
-    let dataset = run_dir.join("dataset");
-    if dataset.exists() {
-        std::fs::remove_dir_all(&dataset)
-            .with_context(|| format!("cannot clear {}", dataset.display()))?;
-    }
-    let manifest = run_dir.join(FILE_NAME);
-    if manifest.exists() {
-        std::fs::remove_file(&manifest)
-            .with_context(|| format!("cannot remove {}", manifest.display()))?;
-    }
-    Ok(())
-}
-
-fn short(key: &str) -> &str {
-    &key[..key.len().min(12)]
-}
-
-/// The generation key of what the folder holds: from its manifest, else its journal.
-fn existing_key(run_dir: &Path) -> Result<Option<String>> {
-    if run_dir.join(FILE_NAME).is_file() {
-        return Ok(Some(Manifest::load(run_dir)?.generation_key));
-    }
-    let journal = run_dir.join(JOURNAL);
-    if journal.is_file() {
-        let f =
-            File::open(&journal).with_context(|| format!("cannot read {}", journal.display()))?;
-        let mut first = String::new();
-        BufReader::new(f).read_line(&mut first)?;
-        let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
-        return Ok(Some(
-            v["generation_key"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_string(),
+        remove_empty_dirs(&run_dir.join("dataset"));
+        commit_point("generate: old split removed");
+    } else if run_dir.join("dataset").exists() && !files_under(&run_dir.join("dataset"))?.is_empty()
+    {
+        notes.push(format!(
+            "{} holds files no readable manifest records; they are left in place (remove them \
+             before `pipeline split`)",
+            run_dir.join("dataset").display()
         ));
     }
-    if run_dir.join("master").is_dir() {
-        return Ok(Some("unknown (no manifest or journal)".into()));
+    if staging.exists() {
+        if master.exists() {
+            clear_old_master(run_dir, old, &mut notes)?;
+            if old_master.exists() {
+                bail!(
+                    "cannot set {} aside: {} is in the way (move it away and rerun)",
+                    master.display(),
+                    old_master.display()
+                );
+            }
+            rename(&master, &old_master)?;
+            commit_point("generate: master set aside");
+        }
+        rename(&staging, &master)?;
+        commit_point("generate: staging became master");
     }
-    Ok(None)
+    clear_old_master(run_dir, old, &mut notes)?;
+    rename(&run_dir.join(COMMIT), &run_dir.join(FILE_NAME))?;
+    commit_point("generate: manifest written");
+    remove_if_present(&run_dir.join(JOURNAL))?;
+    commit_point("generate: journal removed");
+    Ok(notes)
 }
 
-/// Deletes master files that no pair record names (left by an interrupted run, or by a config
-/// that had more variants), so the folder holds exactly what the manifest lists.
-fn remove_strays(run_dir: &Path, pairs: &[PairRecord]) -> Result<()> {
-    let known: std::collections::HashSet<&str> = pairs
+/// Removes from `master.old/` the files `old` records and the tool's temporaries, then the
+/// folders if empty; files nobody recorded stay (with a note).
+fn clear_old_master(run_dir: &Path, old: Option<&Manifest>, notes: &mut Vec<String>) -> Result<()> {
+    let dir = run_dir.join(OLD_MASTER);
+    if !dir.exists() {
+        return Ok(());
+    }
+    for p in old.map(|m| m.pairs.as_slice()).unwrap_or_default() {
+        for rel in [&p.image, &p.mask] {
+            let rel = rel.strip_prefix("master/").unwrap_or(rel);
+            remove_if_present(&dir.join(rel))?;
+        }
+    }
+    remove_temporaries(&dir)?;
+    remove_empty_dirs(&dir);
+    if dir.exists() {
+        notes.push(format!(
+            "{} keeps {} file(s) that no manifest recorded (not made by this tool?); they were \
+             not deleted",
+            dir.display(),
+            files_under(&dir)?.len()
+        ));
+        // Out of the way of the next commit, under a name that says what it is.
+        let mut n = 1;
+        while run_dir.join(format!("unrecorded-{n}")).exists() {
+            n += 1;
+        }
+        rename(&dir, &run_dir.join(format!("unrecorded-{n}")))?;
+    }
+    commit_point("generate: old master cleared");
+    Ok(())
+}
+
+/// Before the commit: `staging/` must hold exactly the new set. Files of sources that began and
+/// then failed (named by the journal) are removed; anything else is refused by name.
+fn check_staging(run_dir: &Path, m: &Manifest) -> Result<()> {
+    let dir = run_dir.join(STAGING);
+    let expected: BTreeSet<PathBuf> = m
+        .pairs
         .iter()
-        .flat_map(|p| [p.image.as_str(), p.mask.as_str()])
+        .flat_map(|p| [staged(run_dir, &p.image), staged(run_dir, &p.mask)])
         .collect();
-    let master = run_dir.join("master");
-    for entry in walkdir::WalkDir::new(&master) {
-        let entry = entry.with_context(|| format!("cannot list {}", master.display()))?;
-        if entry.file_type().is_file() && !known.contains(rel_path(run_dir, entry.path()).as_str())
+    let journal = JournalState::read(run_dir)?;
+    let recorded: BTreeSet<PathBuf> = journal
+        .staged_files()
+        .iter()
+        .map(|r| staged(run_dir, r))
+        .collect();
+    remove_temporaries(&dir)?;
+    for f in files_under(&dir)? {
+        if expected.contains(&f) {
+            continue;
+        }
+        if recorded.contains(&f) {
+            remove_if_present(&f)?;
+        } else {
+            bail!(
+                "{} is not a file of this generation (did something else write into {}?); move \
+                 it away and rerun with --resume",
+                f.display(),
+                dir.display()
+            );
+        }
+    }
+    for f in &expected {
+        ensure!(
+            f.is_file(),
+            "{} is missing although the journal recorded it; rerun without --resume",
+            f.display()
+        );
+    }
+    Ok(())
+}
+
+/// Regular files under `dir` (none when it does not exist).
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if !entry.file_type().is_dir() {
+            out.push(entry.into_path());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the tool's temporary files (`.tmp-*`, see [`write_atomic`]) under `dir`.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    for f in files_under(dir)? {
+        if f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".tmp-"))
         {
-            std::fs::remove_file(entry.path())
-                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            remove_if_present(&f)?;
         }
     }
     Ok(())
 }
 
-/// Append-only record of finished pairs, one JSON line each, after a header with the run's key.
+/// Removes `dir` and its sub-folders where they are empty (bottom-up); never removes a file.
+pub(crate) fn remove_empty_dirs(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    let dirs: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .contents_first(true)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    for d in dirs {
+        // Fails (and is left) when not empty.
+        let _ = std::fs::remove_dir(&d);
+    }
+}
+
+/// Removes a file; a file that is already gone is fine.
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
+}
+
+/// Append-only journal (see the module docs).
 struct Journal(Mutex<File>);
 
 impl Journal {
-    fn create<'a>(
-        run_dir: &Path,
-        key: &str,
-        kept: impl Iterator<Item = &'a PairRecord>,
-    ) -> Result<Journal> {
+    fn open(run_dir: &Path) -> Result<Journal> {
         let path = run_dir.join(JOURNAL);
-        let mut text = serde_json::to_string(&json!({ "generation_key": key }))? + "\n";
-        for r in kept {
-            text += &(serde_json::to_string(r)? + "\n");
-        }
-        write_atomic(&path, text.as_bytes())?;
         let f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -399,50 +864,34 @@ impl Journal {
         Ok(Journal(Mutex::new(f)))
     }
 
-    fn append(&self, r: &PairRecord) -> Result<()> {
-        let line = serde_json::to_string(r)? + "\n";
+    fn line(&self, line: String) -> Result<()> {
         let mut f = self.0.lock().expect("journal lock");
-        f.write_all(line.as_bytes())
+        f.write_all((line + "\n").as_bytes())
             .context("cannot append to the generation journal")
     }
-}
 
-/// Journal entries of an interrupted run of the same config whose files still hash right.
-fn read_journal(run_dir: &Path, key: &str) -> Result<HashMap<String, PairRecord>> {
-    let path = run_dir.join(JOURNAL);
-    let Ok(f) = File::open(&path) else {
-        return Ok(HashMap::new());
-    };
-    let mut lines = BufReader::new(f).lines();
-    let header: serde_json::Value = match lines.next() {
-        Some(Ok(l)) => serde_json::from_str(&l).unwrap_or_default(),
-        _ => return Ok(HashMap::new()),
-    };
-    if header["generation_key"].as_str() != Some(key) {
-        return Ok(HashMap::new());
+    fn begin(&self, b: &Begin) -> Result<()> {
+        self.line(serde_json::to_string(&json!({ "begin": b }))?)?;
+        commit_point("generate: source begun");
+        Ok(())
     }
-    let records: BTreeMap<String, PairRecord> = lines
-        .map_while(|l| l.ok())
-        // A line cut by a kill does not parse and is skipped.
-        .filter_map(|l| serde_json::from_str::<PairRecord>(&l).ok())
-        .map(|r| (r.name.clone(), r))
-        .collect();
-    Ok(records
-        .into_par_iter()
-        .filter(|(_, r)| {
-            let ok = |rel: &str, hash: &str| hash_file(&run_dir.join(rel)).is_ok_and(|h| h == hash);
-            ok(&r.image, &r.image_hash) && ok(&r.mask, &r.mask_hash)
-        })
-        .collect())
+
+    fn append(&self, r: &PairRecord) -> Result<()> {
+        self.line(serde_json::to_string(r)?)?;
+        commit_point("generate: pair journaled");
+        Ok(())
+    }
 }
 
-fn load_fov(cfg: &Config, path: Option<&Path>) -> Result<Option<GrayImage>> {
+/// The field-of-view mask in use, with the blake3 of its file.
+fn load_fov(cfg: &Config, path: Option<&Path>) -> Result<Option<(GrayImage, String)>> {
     match path {
-        Some(p) if cfg.generate.use_fov_mask => Ok(Some(
-            crate::io::open_image(p)
-                .with_context(|| "cannot read the field-of-view mask".to_string())?
-                .to_luma8(),
-        )),
+        Some(p) if cfg.generate.use_fov_mask => {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let img = crate::input::decode(p, &bytes, cfg.max_image_pixels)
+                .context("cannot read the field-of-view mask")?;
+            Ok(Some((img.to_luma8(), hash_hex(&bytes))))
+        }
         _ => Ok(None),
     }
 }
@@ -473,6 +922,9 @@ fn write_run_info(run_dir: &Path, r: &GenerateReport, threads: usize) -> Result<
         "reused_pairs": r.reused,
         "threads": if threads == 0 { rayon::current_num_threads() } else { threads },
         "failed_sources": r.failed.iter().map(|p| json!({"stem": p.stem, "error": p.message})).collect::<Vec<_>>(),
+        "committed": r.kept_earlier.is_none(),
     });
-    write_json(&path, &info)
+    write_json(&path, &info)?;
+    commit_point("generate: run.json written");
+    Ok(())
 }

@@ -10,12 +10,14 @@ pub mod config;
 pub mod dataset;
 pub mod font;
 pub mod generate;
+pub mod input;
 pub mod io;
 pub mod manifest;
 pub mod plot;
 pub mod prep;
 pub mod preview;
 pub mod rng;
+pub mod run_dir;
 pub mod split;
 pub mod stats;
 #[cfg(feature = "train")]
@@ -49,23 +51,47 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Generate(a) => {
             let cfg = load_generate(&a)?;
+            let _lock = lock_run(&cfg, "generate", true)?;
             return run_generate(&cfg, &a);
         }
-        Command::Split(a) => run_split(&load(&a)?)?,
+        Command::Split(a) => {
+            let cfg = load(&a)?;
+            let _lock = lock_run(&cfg, "split", false)?;
+            run_split(&cfg)?;
+        }
         Command::Stats(a) => {
-            run_stats(&load(&a)?)?;
+            let cfg = load(&a)?;
+            let _lock = lock_run(&cfg, "stats", false)?;
+            split::require_complete(&cfg.run_dir())?;
+            run_stats(&cfg)?;
         }
         Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
             let cfg = load_for_training(&a.dev.common)?;
+            let _lock = lock_run(&cfg, "train", false)?;
+            split::require_complete(&cfg.run_dir())?;
             training::train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
             let cfg = load_for_training(&a.common)?;
+            let _lock = lock_run(&cfg, "evaluate", false)?;
+            split::require_complete(&cfg.run_dir())?;
             training::evaluate(&cfg, a.device)?;
         }
         Command::Infer(a) => {
             let cfg = load_for_training(&a.dev.common)?;
+            let _lock = lock_run(&cfg, "infer", false)?;
+            let images = a.images.as_deref().or(cfg.infer.images.as_deref());
+            let out = a
+                .infer_dir
+                .clone()
+                .unwrap_or_else(|| cfg.run_dir().join("infer"));
+            if let Some(images) = images {
+                run_dir::check_apart(
+                    &out,
+                    &[("image folder (--images / `infer.images`)", images)],
+                )?;
+            }
             training::infer(
                 &cfg,
                 a.dev.device,
@@ -75,6 +101,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Preview(a) => {
             let cfg = load(&a.common)?;
+            let _lock = lock_run(&cfg, "preview", false)?;
+            generate::require_complete(&cfg.run_dir())?;
             let path = preview::preview(&cfg, a.source.as_deref(), a.sheet_dir.as_deref())?;
             println!("preview -> {}", path.display());
         }
@@ -83,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if !a.no_train {
                 check_training(&cfg, &a.generate.common.config)?;
             }
+            let _lock = lock_run(&cfg, "all", true)?;
             let code = run_generate(&cfg, &a.generate)?;
             if code != ExitCode::SUCCESS {
                 anyhow::bail!("generation had errors (listed above); stopping before split");
@@ -112,6 +141,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks that the run folder is apart from the input data, then takes its exclusive lock (see
+/// [`run_dir`]); `create`: the command may create the folder (generate, all).
+fn lock_run(cfg: &Config, command: &str, create: bool) -> Result<run_dir::RunLock> {
+    let run = cfg.run_dir();
+    run_dir::check_apart(&run, &[("dataset root (`data`)", &cfg.data)])?;
+    run_dir::lock(&run, command, create)
+}
+
 fn load_generate(a: &cli::GenerateArgs) -> Result<Config> {
     let mut cfg = load(&a.common)?;
     if let Some(data) = &a.data {
@@ -131,6 +168,26 @@ fn run_generate(cfg: &Config, a: &cli::GenerateArgs) -> Result<ExitCode> {
     let r = generate::generate(cfg, &opts)?;
     for f in &r.ignored {
         eprintln!("warning: ignoring non-image file {}", f.display());
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {}: {}", w.stem, w.message);
+    }
+    for n in &r.notes {
+        eprintln!("note: {n}");
+    }
+    if let Some(earlier) = r.kept_earlier {
+        eprintln!("error: {} source(s) failed:", r.failed.len());
+        for p in &r.failed {
+            eprintln!("  {}: {}", p.stem, p.message);
+        }
+        eprintln!(
+            "error: nothing was replaced: the earlier complete set in {} ({earlier} pairs, \
+             manifest.json) is kept; fix the sources above and rerun (`--resume` reuses the {} \
+             pairs made now)",
+            r.run_dir.display(),
+            r.pairs
+        );
+        return Ok(ExitCode::from(2));
     }
     println!(
         "generated {} pairs from {} sources in {:.2} s ({:.1} pairs/s){} -> {}",
@@ -176,6 +233,7 @@ fn run_split(cfg: &Config) -> Result<()> {
 /// Statistics, then the sample sheets; returns the sheets' paths.
 fn run_stats(cfg: &Config) -> Result<Vec<std::path::PathBuf>> {
     let s = stats::stats(cfg)?;
+    io::commit_point("stats: stats.png written");
     print!("{}", stats::summary(&s));
     println!(
         "statistics -> {} and {}",
@@ -186,10 +244,13 @@ fn run_stats(cfg: &Config) -> Result<Vec<std::path::PathBuf>> {
     for p in &sheets {
         println!("samples -> {}", p.display());
     }
+    io::commit_point("stats: sample sheets written");
     Ok(sheets)
 }
 
 fn run_verify(cfg: &Config) -> Result<ExitCode> {
+    // A reader: refused while a writer holds the folder (it would see half-made state).
+    let _lock = lock_run(cfg, "verify", false)?;
     let r = manifest::verify(&cfg.run_dir())?;
     for (what, list) in [
         ("changed", &r.changed),

@@ -39,6 +39,9 @@ pub struct SourceRecord {
     pub truth: String,
     pub image_hash: String,
     pub truth_hash: String,
+    /// Problems found in the ground truth ([`crate::prep::TruthIssue`] codes), when any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truth_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,15 +74,23 @@ pub struct SplitInfo {
 
 impl Manifest {
     pub fn load(run_dir: &Path) -> Result<Manifest> {
-        let path = run_dir.join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).with_context(|| {
+        Manifest::load_file(&run_dir.join(FILE_NAME))
+    }
+
+    /// Reads a manifest from any path (the commit record of a generation is one too).
+    pub fn load_file(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).with_context(|| {
             format!(
                 "cannot read {} (run `pipeline generate` first)",
                 path.display()
             )
         })?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid manifest", path.display()))
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a valid manifest (rerun `pipeline generate --force` to rebuild it)",
+                path.display()
+            )
+        })
     }
 
     pub fn save(&self, run_dir: &Path) -> Result<()> {

@@ -38,8 +38,7 @@ impl SquareGeometry {
 
 /// Ground-truth confidence map -> binary mask (0/255): lesion where v > 0 and v / 252 >= threshold.
 pub fn binarize(gt: &GrayImage, threshold: f64) -> GrayImage {
-    let min = (threshold * 252.0).ceil().max(1.0);
-    let min = if min > 255.0 { 256 } else { min as u16 };
+    let min = binarize_min(threshold);
     GrayImage::from_fn(gt.width(), gt.height(), |x, y| {
         Luma([if u16::from(gt.get_pixel(x, y)[0]) >= min {
             255
@@ -47,6 +46,104 @@ pub fn binarize(gt: &GrayImage, threshold: f64) -> GrayImage {
             0
         }])
     })
+}
+
+/// Something wrong with a ground-truth map that does not stop generation but may make its masks
+/// wrong; reported per source (a warning) and counted in `stats.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TruthIssue {
+    /// A colour map whose channels differ: it is read as luminance, so marks kept in one channel
+    /// (a colour-coded export) lose most of their value.
+    ColourChannelsDiffer { pixels: u64 },
+    /// Values that are not DIARETDB1 confidence levels (multiples of 21 up to 252).
+    NotDdb1Levels { pixels: u64, example: u8 },
+    /// Marks exist, but none reaches the threshold: the mask is empty.
+    EmptyAtThreshold { max: u8, min_value: u16 },
+}
+
+impl TruthIssue {
+    /// Stable code, stored in the manifest and counted in `stats.json`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TruthIssue::ColourChannelsDiffer { .. } => "colour-channels-differ",
+            TruthIssue::NotDdb1Levels { .. } => "not-ddb1-levels",
+            TruthIssue::EmptyAtThreshold { .. } => "empty-at-threshold",
+        }
+    }
+
+    /// Every code, in a fixed order.
+    pub const CODES: [&'static str; 3] = [
+        "colour-channels-differ",
+        "not-ddb1-levels",
+        "empty-at-threshold",
+    ];
+
+    /// The warning text (without the file name).
+    pub fn message(&self, threshold: f64) -> String {
+        match self {
+            TruthIssue::ColourChannelsDiffer { pixels } => format!(
+                "is a colour image whose channels differ ({pixels} pixels); it is read as \
+                 luminance, so marks kept in one channel lose most of their value"
+            ),
+            TruthIssue::NotDdb1Levels { pixels, example } => format!(
+                "has {pixels} pixels with values that are not DIARETDB1 levels (multiples of 21 \
+                 up to 252), e.g. {example}"
+            ),
+            TruthIssue::EmptyAtThreshold { max, min_value } => format!(
+                "has marks (largest value {max}) but none reaches the threshold {threshold} \
+                 (value >= {min_value}): its mask is empty"
+            ),
+        }
+    }
+}
+
+/// The gray confidence map of a decoded ground truth, and what is wrong with it (see
+/// [`TruthIssue`]). `threshold` is the binarization threshold of [`binarize`].
+pub fn read_truth(truth: &image::DynamicImage, threshold: f64) -> (GrayImage, Vec<TruthIssue>) {
+    let mut issues = Vec::new();
+    if truth.color().has_color() {
+        let rgb = truth.to_rgb8();
+        let differ = rgb
+            .pixels()
+            .filter(|p| p[0] != p[1] || p[1] != p[2])
+            .count() as u64;
+        if differ > 0 {
+            issues.push(TruthIssue::ColourChannelsDiffer { pixels: differ });
+        }
+    }
+    let gray = truth.to_luma8();
+    let (mut off, mut example, mut max) = (0u64, 0u8, 0u8);
+    for p in gray.pixels() {
+        let v = p[0];
+        max = max.max(v);
+        if v % 21 != 0 || v > 252 {
+            if off == 0 {
+                example = v;
+            }
+            off += 1;
+        }
+    }
+    if off > 0 {
+        issues.push(TruthIssue::NotDdb1Levels {
+            pixels: off,
+            example,
+        });
+    }
+    let min_value = binarize_min(threshold);
+    if max > 0 && u16::from(max) < min_value {
+        issues.push(TruthIssue::EmptyAtThreshold { max, min_value });
+    }
+    (gray, issues)
+}
+
+/// The smallest ground-truth value that [`binarize`] marks as lesion (256: none).
+fn binarize_min(threshold: f64) -> u16 {
+    let min = (threshold * 252.0).ceil().max(1.0);
+    if min > 255.0 {
+        256
+    } else {
+        min as u16
+    }
 }
 
 /// The fill colour of a source: its pixel at (2, 2) (clamped for tiny images).
@@ -169,6 +266,27 @@ mod tests {
         assert_eq!(count(0.75), 4); // 189, 210, 231, 252
         assert_eq!(count(0.0), 12); // any mark
         assert_eq!(count(1.0), 1);
+    }
+
+    #[test]
+    fn truth_problems_are_found() {
+        use image::DynamicImage;
+        let ok = GrayImage::from_fn(4, 1, |x, _| Luma([(x * 84) as u8]));
+        assert!(read_truth(&DynamicImage::ImageLuma8(ok.clone()), 0.75)
+            .1
+            .is_empty());
+        // Marks only in the red channel of an RGB map.
+        let red = RgbImage::from_fn(4, 1, |x, _| Rgb([if x == 1 { 252 } else { 0 }, 0, 0]));
+        let codes: Vec<&str> = read_truth(&DynamicImage::ImageRgb8(red), 0.75)
+            .1
+            .iter()
+            .map(TruthIssue::code)
+            .collect();
+        assert_eq!(codes, TruthIssue::CODES);
+        // Only weak marks: empty at 0.75, fine at "any mark".
+        let weak = DynamicImage::ImageLuma8(GrayImage::from_fn(4, 1, |x, _| Luma([x as u8 * 21])));
+        assert_eq!(read_truth(&weak, 0.75).1.len(), 1);
+        assert!(read_truth(&weak, 0.0).1.is_empty());
     }
 
     #[test]

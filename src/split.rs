@@ -1,7 +1,13 @@
 //! `pipeline split`: assigns the master set to train / valid / test and lays the split folders out
 //! as hard links into `master/` (copies where links are impossible). `by-source` and `official`
 //! keep every source in one split, so no augmented copy of a test image reaches training;
-//! `by-file` reproduces the reference's leaky behaviour for comparison only.
+//! `by-file` reproduces the reference's leaky behaviour for comparison only. Sources whose images
+//! have the same content (equal blake3) are kept in one split and reported.
+//!
+//! Crash safety: the manifest records the dataset files before they exist and says the split is
+//! complete (`split` present) only after the last link; [`require_complete`] is what readers
+//! (stats, train, evaluate) check. A rerun after a kill at any point removes the recorded files
+//! and links again, ending with the same bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,7 +18,8 @@ use rand::seq::SliceRandom;
 use crate::config::{Config, SplitMode};
 use crate::dataset::layout::{TEST_LIST, TRAIN_LIST};
 use crate::dataset::lists::read_list;
-use crate::manifest::{dataset_path, Manifest, SplitInfo};
+use crate::io::{commit_point, hash_file};
+use crate::manifest::{dataset_path, rel_path, Manifest, SplitInfo, FILE_NAME};
 use crate::rng::rng_for;
 
 pub const SPLITS: [&str; 3] = ["train", "valid", "test"];
@@ -25,10 +32,26 @@ pub struct SplitReport {
     pub warnings: Vec<String>,
 }
 
+/// Refuses a run folder whose split is not recorded as complete (never made, interrupted, or
+/// made stale by an interrupted generation), naming the command to run. Called by every stage
+/// that reads `dataset/`.
+pub fn require_complete(run_dir: &Path) -> Result<()> {
+    let m = crate::generate::require_complete(run_dir)?;
+    if m.split.is_none() {
+        bail!(
+            "{} records no complete split (never made, or interrupted); run `pipeline split` \
+             with this config first",
+            run_dir.join(FILE_NAME).display()
+        );
+    }
+    Ok(())
+}
+
 /// Splits the run's master set as the config says and writes `dataset/` and the manifest.
 pub fn split(cfg: &Config) -> Result<SplitReport> {
     let run_dir = cfg.run_dir();
-    let mut m = Manifest::load(&run_dir)?;
+    let mut m = crate::generate::require_complete(&run_dir)?;
+    let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;
     let stems: Vec<String> = m.sources.iter().map(|s| s.stem.clone()).collect();
@@ -36,14 +59,33 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
         bail!("the manifest in {} lists no sources", run_dir.display());
     }
     let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let same_image = same_image_groups(&m);
     match s.mode {
         SplitMode::BySource => {
             let mut shuffled = stems.clone();
             shuffled.shuffle(&mut rng_for(cfg.seed, "split", "by-source"));
-            let [a, b, c] = counts(shuffled.len(), [s.train, s.valid, s.test]);
-            let mut it = shuffled.into_iter();
-            for (name, n) in SPLITS.iter().zip([a, b, c]) {
-                by_source.insert(name.to_string(), it.by_ref().take(n).collect());
+            let target = counts(shuffled.len(), [s.train, s.valid, s.test]);
+            // Sources with the same image go together, to the split of the first one drawn.
+            let mut placed: BTreeSet<&String> = BTreeSet::new();
+            let mut k = 0;
+            for stem in &shuffled {
+                if placed.contains(stem) {
+                    continue;
+                }
+                while k < 2 && by_source.get(SPLITS[k]).map_or(0, Vec::len) >= target[k] {
+                    k += 1;
+                }
+                let unit: Vec<&String> = match same_image.iter().find(|g| g.contains(stem)) {
+                    Some(g) => g.iter().collect(),
+                    None => vec![stem],
+                };
+                for u in unit {
+                    placed.insert(u);
+                    by_source
+                        .entry(SPLITS[k].to_string())
+                        .or_default()
+                        .push(u.clone());
+                }
             }
         }
         SplitMode::Official => {
@@ -127,6 +169,41 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
         by_source.entry(name.to_string()).or_default().sort();
     }
 
+    for g in &same_image {
+        let split_of = |stem: &String| {
+            by_source
+                .iter()
+                .find(|(_, v)| v.contains(stem))
+                .map(|(k, _)| k.as_str())
+        };
+        let splits: BTreeSet<&str> = g.iter().filter_map(split_of).collect();
+        let hash = m
+            .sources
+            .iter()
+            .find(|x| x.stem == g[0])
+            .map(|x| x.image_hash[..12].to_string())
+            .unwrap_or_default();
+        report.warnings.push(format!(
+            "sources {} have identical images (blake3 {hash}...): {}",
+            g.join(", "),
+            if s.mode == SplitMode::BySource {
+                format!(
+                    "kept together in {}",
+                    splits.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            } else if splits.len() > 1 {
+                format!(
+                    "they are in different splits ({}) because mode {:?} does not group them: \
+                     a leak",
+                    splits.into_iter().collect::<Vec<_>>().join(", "),
+                    s.mode
+                )
+            } else {
+                "they are in the same split".to_string()
+            }
+        ));
+    }
+
     if s.mode != SplitMode::ByFile {
         let split_of: BTreeMap<&String, &str> = by_source
             .iter()
@@ -140,7 +217,7 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
         }
     }
 
-    link_dataset(&run_dir, &m)?;
+    link_dataset(&run_dir, &old, &mut m)?;
     for name in SPLITS {
         let n = m
             .pairs
@@ -163,33 +240,120 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
         sources: by_source,
     });
     m.save(&run_dir)?;
+    commit_point("split: complete");
     Ok(report)
 }
 
-/// Items per split: floor of ratio * n for train and valid, the rest to test; a split with a
-/// positive ratio gets at least one item when there are enough items to go round.
+/// Groups (sorted stems, groups sorted) of two or more sources with the same image hash.
+pub fn same_image_groups(m: &Manifest) -> Vec<Vec<String>> {
+    let mut by_hash: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for src in &m.sources {
+        by_hash
+            .entry(src.image_hash.as_str())
+            .or_default()
+            .push(src.stem.clone());
+    }
+    let mut groups: Vec<Vec<String>> = by_hash
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    groups.sort();
+    groups
+}
+
+/// Items per split, the one rule for every mode that counts (by-source over sources, by-file
+/// over files): train and valid get floor(ratio x n); the rest goes to test (to train when the
+/// test ratio is 0). Then every split with a positive ratio that got none takes one item from the
+/// largest split (train first on ties), which is always possible when n is at least the number
+/// of positive ratios. With fewer items than that, they go one each to train, valid, test (in
+/// that order, positive ratios only). A zero ratio always gets none.
 pub fn counts(n: usize, ratios: [f64; 3]) -> [usize; 3] {
-    let mut train = (ratios[0] * n as f64 + 1e-9).floor() as usize;
-    let mut valid = (ratios[1] * n as f64 + 1e-9).floor() as usize;
-    let test = n - train - valid;
-    let mut c = [train, valid, test];
-    for i in [1, 2] {
-        if ratios[i] > 0.0 && c[i] == 0 && c[0] > 1 {
-            c[0] -= 1;
+    let positive: Vec<usize> = (0..3).filter(|&i| ratios[i] > 0.0).collect();
+    let mut c = [0usize; 3];
+    if n < positive.len() {
+        for &i in positive.iter().take(n) {
+            c[i] = 1;
+        }
+        return c;
+    }
+    let floor = |r: f64| ((r * n as f64 + 1e-9).floor() as usize).min(n);
+    c[0] = floor(ratios[0]);
+    c[1] = floor(ratios[1]).min(n - c[0]);
+    let rest = n - c[0] - c[1];
+    if ratios[2] > 0.0 {
+        c[2] = rest;
+    } else {
+        c[0] += rest;
+    }
+    for &i in &positive {
+        if c[i] == 0 {
+            let donor = (0..3)
+                .filter(|&j| c[j] > 1)
+                .max_by_key(|&j| (c[j], std::cmp::Reverse(j)))
+                .expect("n >= positive ratios leaves a split with two or more");
+            c[donor] -= 1;
             c[i] += 1;
         }
     }
-    train = c[0];
-    valid = c[1];
-    [train, valid, n - train - valid]
+    c
 }
 
-/// Recreates `dataset/` from the manifest's split assignment.
-fn link_dataset(run_dir: &Path, m: &Manifest) -> Result<()> {
+/// Lays `dataset/` out for `new`'s assignment, recording before acting: the files of `old`'s
+/// assignment are removed, `new` (without `split`, so readers see no complete split) is saved,
+/// then every file is linked (or copied atomically). Files in `dataset/` that no record names are
+/// refused by name, never deleted.
+fn link_dataset(run_dir: &Path, old: &Manifest, new: &mut Manifest) -> Result<()> {
+    let info = new.split.take();
+    if old.split.is_some() {
+        let mut invalid = old.clone();
+        invalid.split = None;
+        invalid.save(run_dir)?;
+        commit_point("split: old split marked incomplete");
+    }
+    for p in old.pairs.iter().filter(|p| p.split.is_some()) {
+        let split = p.split.as_deref().unwrap_or_default();
+        for (kind, file) in [("images", &p.image), ("masks", &p.mask)] {
+            crate::generate::remove_if_present(&run_dir.join(dataset_path(split, kind, file)))?;
+        }
+    }
+    new.save(run_dir)?;
+    commit_point("split: new split recorded");
     let dataset = run_dir.join("dataset");
-    if dataset.exists() {
-        std::fs::remove_dir_all(&dataset)
-            .with_context(|| format!("cannot clear {}", dataset.display()))?;
+    let expected: BTreeSet<String> = new
+        .pairs
+        .iter()
+        .filter_map(|p| {
+            let split = p.split.as_deref()?;
+            Some([
+                dataset_path(split, "images", &p.image),
+                dataset_path(split, "masks", &p.mask),
+            ])
+        })
+        .flatten()
+        .collect();
+    if dataset.is_dir() {
+        for entry in walkdir::WalkDir::new(&dataset).sort_by_file_name() {
+            let entry = entry.with_context(|| format!("cannot list {}", dataset.display()))?;
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let rel = rel_path(run_dir, entry.path());
+            let name = entry.file_name().to_string_lossy();
+            if name.starts_with(".tmp-") {
+                crate::generate::remove_if_present(entry.path())?;
+            } else if !expected.contains(&rel) {
+                bail!(
+                    "{} is not recorded in {} (not made by this tool, or left by an unreadable \
+                     manifest); move it away and rerun `pipeline split`",
+                    entry.path().display(),
+                    run_dir.join(FILE_NAME).display()
+                );
+            }
+        }
     }
     for split in SPLITS {
         for kind in ["images", "masks"] {
@@ -198,18 +362,31 @@ fn link_dataset(run_dir: &Path, m: &Manifest) -> Result<()> {
                 .with_context(|| format!("cannot create {}", d.display()))?;
         }
     }
-    for p in &m.pairs {
+    for p in &new.pairs {
         let Some(split) = &p.split else { continue };
-        for (kind, file) in [("images", &p.image), ("masks", &p.mask)] {
+        for (kind, file, hash) in [
+            ("images", &p.image, &p.image_hash),
+            ("masks", &p.mask, &p.mask_hash),
+        ] {
             let from = run_dir.join(file);
             let to = run_dir.join(dataset_path(split, kind, file));
+            if to.exists() {
+                if hash_file(&to).is_ok_and(|h| &h == hash) {
+                    continue;
+                }
+                crate::generate::remove_if_present(&to)?;
+            }
             if std::fs::hard_link(&from, &to).is_err() {
-                std::fs::copy(&from, &to).with_context(|| {
+                let bytes = std::fs::read(&from)
+                    .with_context(|| format!("cannot read {}", from.display()))?;
+                crate::io::write_atomic(&to, &bytes).with_context(|| {
                     format!("cannot link or copy {} to {}", from.display(), to.display())
                 })?;
             }
+            commit_point("split: file linked");
         }
     }
+    new.split = info;
     Ok(())
 }
 
@@ -242,5 +419,53 @@ mod tests {
         assert_eq!(counts(10, [0.8, 0.15, 0.05]), [8, 1, 1]);
         assert_eq!(counts(6, [0.8, 0.15, 0.05]), [3, 1, 2]);
         assert_eq!(counts(10, [1.0, 0.0, 0.0]), [10, 0, 0]);
+        assert_eq!(counts(12, [0.8, 0.15, 0.05]), [9, 1, 2]);
+    }
+
+    #[test]
+    fn every_positive_ratio_gets_a_source_and_zero_gets_none() {
+        assert_eq!(counts(3, [0.34, 0.33, 0.33]), [1, 1, 1]);
+        assert_eq!(counts(7, [0.9, 0.1, 0.0]), [6, 1, 0]);
+        assert_eq!(counts(1, [0.8, 0.15, 0.05]), [1, 0, 0]);
+        assert_eq!(counts(2, [0.8, 0.15, 0.05]), [1, 1, 0]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            ..Default::default()
+        })]
+        /// The documented rule over source counts 1..100 and random ratios (some zero).
+        #[test]
+        fn counts_honour_every_ratio(
+            n in 1usize..100,
+            raw in proptest::array::uniform3(0u32..1000),
+            zero in proptest::array::uniform3(proptest::bool::weighted(0.3)),
+        ) {
+            let mut w = [0.0f64; 3];
+            for i in 0..3 {
+                w[i] = if zero[i] && i > 0 { 0.0 } else { f64::from(raw[i]) + 1.0 };
+            }
+            let sum: f64 = w.iter().sum();
+            let r = w.map(|x| x / sum);
+            let c = counts(n, r);
+            proptest::prop_assert_eq!(c.iter().sum::<usize>(), n);
+            let positive = r.iter().filter(|x| **x > 0.0).count();
+            for i in 0..3 {
+                if r[i] == 0.0 {
+                    proptest::prop_assert_eq!(c[i], 0, "zero ratio {:?} {:?}", r, c);
+                } else if n >= positive {
+                    proptest::prop_assert!(c[i] >= 1, "positive ratio {:?} {:?}", r, c);
+                }
+                proptest::prop_assert!(
+                    (c[i] as f64 - r[i] * n as f64).abs() < 3.0,
+                    "far from the ratio: n {} {:?} {:?}", n, r, c
+                );
+            }
+            if n < positive {
+                proptest::prop_assert_eq!(c[0], 1);
+            }
+        }
     }
 }

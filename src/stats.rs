@@ -31,6 +31,7 @@ struct PairStats {
 /// Computes the statistics of the run, writes `stats.json` and `stats.png`, returns the JSON.
 pub fn stats(cfg: &Config) -> Result<Value> {
     let run_dir = cfg.run_dir();
+    crate::split::require_complete(&run_dir)?;
     let m = Manifest::load(&run_dir)?;
     let split_info = m.split.as_ref().with_context(|| {
         format!(
@@ -79,6 +80,8 @@ pub fn stats(cfg: &Config) -> Result<Value> {
             "sources": m.sources.iter().map(|s| json!({
                 "stem": s.stem, "image_hash": s.image_hash, "truth_hash": s.truth_hash,
             })).collect::<Vec<_>>(),
+            "truth_warnings": truth_warning_counts(&m),
+            "same_image_groups": crate::split::same_image_groups(&m),
         },
         "generation": {
             "generation_key": m.generation_key,
@@ -99,6 +102,7 @@ pub fn stats(cfg: &Config) -> Result<Value> {
         "config": serde_json::from_str::<Value>(&config_json)?,
     });
     write_json(&run_dir.join("stats.json"), &out)?;
+    crate::io::commit_point("stats: stats.json written");
     let bars: Vec<(String, usize)> = SPLITS
         .iter()
         .map(|s| {
@@ -110,6 +114,20 @@ pub fn stats(cfg: &Config) -> Result<Value> {
         .collect();
     crate::plot::bar_chart(&run_dir.join("stats.png"), "Pairs per split", &bars)?;
     Ok(out)
+}
+
+/// Sources per ground-truth warning code ([`crate::prep::TruthIssue`]), every code present.
+fn truth_warning_counts(m: &Manifest) -> Value {
+    let mut out = serde_json::Map::new();
+    for code in crate::prep::TruthIssue::CODES {
+        let n = m
+            .sources
+            .iter()
+            .filter(|s| s.truth_warnings.iter().any(|c| c == code))
+            .count();
+        out.insert(code.into(), json!(n));
+    }
+    Value::Object(out)
 }
 
 fn measure(run_dir: &Path, p: &PairRecord) -> Result<PairStats> {

@@ -134,7 +134,10 @@ fn empty_image_folder() {
     }
     assert_fails(
         &c.generate(),
-        &["no PNG images in", "ddb1_fundusimages"],
+        &[
+            "no images (png, jpg, jpeg, tif, tiff, bmp) in",
+            "ddb1_fundusimages",
+        ],
         &c.out(),
     );
 }
@@ -424,7 +427,7 @@ fn killed_generation_resumes_to_the_same_bytes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let images = runs[1].join("out/t/master/images");
+    let images = runs[1].join("out/t/staging/images");
     let start = std::time::Instant::now();
     loop {
         let n = std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0);

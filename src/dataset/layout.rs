@@ -1,14 +1,14 @@
 //! Finds the sources of a DIARETDB1 v1.1 tree and pairs each fundus image with its ground truth by
-//! file stem (never by sort position). Problems with one source are collected, not fatal: the
+//! file stem (never by sort position). What counts as an image, in any letter case and through
+//! symbolic links, is [`crate::input`]'s decision. Problems with one source are collected, not fatal: the
 //! generator processes the good sources and reports the rest.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use walkdir::WalkDir;
+use anyhow::{bail, Result};
 
 use crate::config::Lesion;
+use crate::input::{ambiguous_message, list_images, EXTENSIONS};
 
 pub const IMAGES_DIR: &str = "resources/images/ddb1_fundusimages";
 pub const TRUTH_DIR: &str = "resources/images/ddb1_groundtruth";
@@ -62,15 +62,29 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
             bail!("missing folder {} in the dataset", dir.display());
         }
     }
-    let mut ignored = Vec::new();
-    let images = png_files(&images_dir, &mut ignored)?;
-    if images.is_empty() {
-        bail!("no PNG images in {}", images_dir.display());
+    let images = list_images(&images_dir)?;
+    let truths = list_images(&truth_dir)?;
+    if images.images.is_empty() && images.ambiguous.is_empty() {
+        bail!(
+            "no images ({}) in {}",
+            EXTENSIONS.join(", "),
+            images_dir.display()
+        );
     }
-    let truths = png_files(&truth_dir, &mut ignored)?;
+    let mut ignored = images.ignored;
+    ignored.extend(truths.ignored);
+    let mut problems: Vec<Problem> = images
+        .ambiguous
+        .iter()
+        .chain(&truths.ambiguous)
+        .map(|(stem, files)| Problem {
+            stem: stem.clone(),
+            message: ambiguous_message(stem, files),
+        })
+        .collect();
+    let (images, truths) = (images.images, truths.images);
 
     let mut sources = Vec::new();
-    let mut problems = Vec::new();
     for (stem, image) in &images {
         match truths.get(stem) {
             Some(truth) => sources.push(Source {
@@ -78,6 +92,7 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
                 image: image.clone(),
                 truth: truth.clone(),
             }),
+            None if problems.iter().any(|p| &p.stem == stem) => {}
             None => problems.push(Problem {
                 stem: stem.clone(),
                 message: format!(
@@ -89,7 +104,7 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
         }
     }
     for (stem, truth) in &truths {
-        if !images.contains_key(stem) {
+        if !images.contains_key(stem) && !problems.iter().any(|p| &p.stem == stem) {
             problems.push(Problem {
                 stem: stem.clone(),
                 message: format!(
@@ -100,6 +115,7 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
             });
         }
     }
+    problems.sort_by(|a, b| a.stem.cmp(&b.stem));
     let fov = root.join(FOV_MASK);
     Ok(Scan {
         root: root.to_path_buf(),
@@ -108,33 +124,6 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
         ignored,
         fov_mask: fov.is_file().then_some(fov),
     })
-}
-
-/// PNG files directly in `dir`, by stem. Other files go to `ignored`.
-fn png_files(dir: &Path, ignored: &mut Vec<PathBuf>) -> Result<BTreeMap<String, PathBuf>> {
-    let mut out = BTreeMap::new();
-    for entry in WalkDir::new(dir)
-        .min_depth(1)
-        .max_depth(1)
-        .sort_by_file_name()
-    {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let path = entry.path();
-        let is_png = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
-        let stem = path.file_stem().and_then(|s| s.to_str());
-        match (is_png, stem) {
-            (true, Some(stem)) if !stem.starts_with('.') => {
-                out.insert(stem.to_string(), path.to_path_buf());
-            }
-            _ => ignored.push(path.to_path_buf()),
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -161,12 +150,15 @@ mod tests {
             );
         }
         touch(&r.join(IMAGES_DIR).join("notes.txt"));
+        touch(&r.join(IMAGES_DIR).join("image005.png"));
+        touch(&r.join(IMAGES_DIR).join("image005.JPG"));
         let scan = scan(r, Lesion::Hemorrhages).unwrap();
         let stems: Vec<&str> = scan.sources.iter().map(|s| s.stem.as_str()).collect();
         assert_eq!(stems, ["image001", "image004"]);
         assert!(scan.sources[1].truth.ends_with("hemorrhages/image004.png"));
         let bad: Vec<&str> = scan.problems.iter().map(|p| p.stem.as_str()).collect();
-        assert_eq!(bad, ["image002", "image003"]);
+        assert_eq!(bad, ["image002", "image003", "image005"]);
+        assert!(scan.problems[2].message.contains("share the name"));
         assert!(scan.problems[0].message.contains("no ground truth"));
         assert_eq!(scan.ignored.len(), 1);
         assert!(scan.fov_mask.is_none());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -22,43 +22,10 @@ pub struct Sample {
     pub mask: PathBuf,
 }
 
-const IMAGE_EXTS: [&str; 6] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
-
-/// Image files of a folder by stem (sorted); hidden and non-image files are skipped.
+/// Image files of a folder by stem (sorted); hidden and non-image files are skipped. The reader
+/// contract is [`crate::input`]'s (one for every stage).
 pub fn image_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
-    let mut out = BTreeMap::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
-    for e in entries {
-        let path = e
-            .with_context(|| format!("cannot read folder {}", dir.display()))?
-            .path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        if name.starts_with('.') || !path.is_file() {
-            continue;
-        }
-        if !ext.is_some_and(|e| IMAGE_EXTS.contains(&e.as_str())) {
-            continue;
-        }
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .with_context(|| format!("file name is not UTF-8: {}", path.display()))?
-            .to_string();
-        if let Some(prev) = out.insert(stem, path.clone()) {
-            bail!(
-                "two files with the same stem in {}: {} and {}",
-                dir.display(),
-                prev.display(),
-                path.display()
-            );
-        }
-    }
-    Ok(out)
+    crate::input::image_files(dir)
 }
 
 /// The pairs of `<run>/dataset/<split>`, sorted by stem. Errors name the missing folder or the

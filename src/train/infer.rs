@@ -5,12 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use super::data::{image_files, images_tensor};
+use super::data::images_tensor;
 use super::model::Model;
 use super::{device, io, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
-use crate::io::{encode_png_gray, encode_png_rgb, open_image, write_atomic};
+use crate::input::image_files;
+use crate::io::{encode_png_gray, encode_png_rgb, write_atomic};
 use crate::prep::{fill_colour, square_image, unsquare, SquareGeometry};
 use anyhow::{bail, Context, Result};
 use image::{GrayImage, Luma, Rgb, RgbImage};
@@ -37,7 +38,11 @@ pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>>
         }
         let files: Vec<PathBuf> = image_files(dir)?.into_values().collect();
         if files.is_empty() {
-            bail!("no images (png, jpg, tif, bmp) in {}", dir.display());
+            bail!(
+                "no images ({}) in {}",
+                crate::input::EXTENSIONS.join(", "),
+                dir.display()
+            );
         }
         return Ok(files);
     }
@@ -49,11 +54,20 @@ pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>>
             test.display()
         );
     }
-    let src = cfg.data.join("resources/images/ddb1_fundusimages");
+    let src = cfg.data.join(crate::dataset::layout::IMAGES_DIR);
+    // The same reader as the generator's scan: any extension case, links followed.
+    let sources = if src.is_dir() {
+        image_files(&src)?
+    } else {
+        Default::default()
+    };
     let mut out = Vec::new();
     for stem in image_files(&test)?.into_keys() {
         if let Some(source) = stem.strip_suffix("_orig") {
-            let path = src.join(format!("{source}.png"));
+            let path = sources
+                .get(source)
+                .cloned()
+                .unwrap_or_else(|| src.join(format!("{source}.png")));
             if !path.is_file() {
                 bail!(
                     "source image {} of test pair {stem} not found (is `data` right?)",
@@ -111,8 +125,18 @@ pub fn infer_run(
     io::create_dir(&out)?;
 
     let mut written = Vec::with_capacity(inputs.len());
+    let mut failed: Vec<String> = Vec::new();
+    let n_inputs = inputs.len();
     for input in inputs {
-        let img = open_image(&input)?.to_rgb8();
+        // One bad input does not stop the others: report it, go on, fail at the end.
+        let img = match crate::input::read_image(&input, cfg.max_image_pixels) {
+            Ok(img) => img.to_rgb8(),
+            Err(e) => {
+                eprintln!("error: infer: {e:#}");
+                failed.push(format!("{e:#}"));
+                continue;
+            }
+        };
         let (sq, geom) = square_image(&img, fill_colour(&img), size)?;
         let x = images_tensor(sq.as_raw(), 1, i64::from(size), device);
         let probs = probs_to_vec(&model.predict(&x))?;
@@ -160,5 +184,13 @@ pub fn infer_run(
         written.len(),
         out.display()
     );
+    if !failed.is_empty() {
+        bail!(
+            "{} of {n_inputs} input image(s) could not be read (listed above); the others were \
+             written to {}",
+            failed.len(),
+            out.display()
+        );
+    }
     Ok(written)
 }

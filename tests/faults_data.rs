@@ -1,0 +1,953 @@
+//! A dataset you can trust (issue 10): any input, any fault, nothing lost, nothing silently
+//! wrong. One test per case, through the real binary on tiny synthetic data, grouped by kind:
+//!
+//! 1. never delete or overwrite what the tool did not make;
+//! 2. one writer at a time, readers refuse half-made state;
+//! 3. a kill at any commit point, then the documented resume or rerun, gives the same bytes;
+//! 4. one reader contract;
+//! 5. splits honour the ratios and keep identical sources together;
+//! 6. every accepted config value makes a working run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+/// The crash-test hook (`fundus_pipeline::io::ABORT_ENV`).
+const ABORT: &str = "PIPELINE_ABORT_AT_COMMIT";
+
+/// A tiny dataset and a config (8 variants at 48 px) in a temporary folder.
+struct Case {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+impl Case {
+    fn new(n: usize) -> Case {
+        Case::with(n, "")
+    }
+
+    fn with(n: usize, extra: &str) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let data = root.join("data");
+        tiny_dataset(&data, n, 64, 48);
+        let config = case_config(&root, "cfg", &data, &root.join("out"), "t", extra);
+        Case {
+            _dir: dir,
+            root,
+            data,
+            config,
+        }
+    }
+
+    /// Three variants (orig, hflip, elastic) for the kill-everywhere tests: every kind of
+    /// commit point, few of each.
+    fn lean(n: usize) -> Case {
+        let c = Case::new(n);
+        c.edit_config(r#""rotate": [90]"#, r#""rotate": [], "vflip": false"#);
+        c.edit_config(r#""distort": [0.02]"#, r#""distort": []"#);
+        c.edit_config(
+            r#""lens": {"centres""#,
+            r#""lens": {"barrel": false, "pincushion": false, "centres""#,
+        );
+        c
+    }
+
+    fn cfg(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.root.join("out/t")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.cfg()]);
+        pipeline(&all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.cfg()]);
+        pipeline_ok(&all)
+    }
+
+    /// Runs `args` with the crash hook at commit point `n`; true when it aborted there.
+    fn run_killed_at(&self, args: &[&str], n: usize) -> bool {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.cfg()]);
+        let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(&all)
+            .env(ABORT, n.to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains(&format!("{ABORT}: aborting at commit point {n}")) {
+            assert!(!out.status.success());
+            return true;
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        false
+    }
+
+    /// Runs `args` killed at the first commit point whose label contains `label`.
+    fn kill_at_label(&self, args: &[&str], label: &str) {
+        let mut all = args.to_vec();
+        all.extend(["--config", self.cfg()]);
+        for n in 1..1000 {
+            let snapshot = tree(&self.run_dir());
+            let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+                .args(&all)
+                .env(ABORT, n.to_string())
+                .output()
+                .unwrap();
+            if stderr(&out).contains(label) {
+                return;
+            }
+            assert!(!out.status.success(), "no commit point {label:?}");
+            restore(&self.run_dir(), &snapshot);
+        }
+    }
+
+    fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "config lacks {from}");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
+    fn image(&self, stem: &str) -> PathBuf {
+        self.data.join(IMAGES).join(format!("{stem}.png"))
+    }
+
+    fn truth(&self, stem: &str) -> PathBuf {
+        self.data.join(TRUTH).join(format!("{stem}.png"))
+    }
+
+    fn manifest(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.run_dir().join("manifest.json")).unwrap())
+            .unwrap()
+    }
+}
+
+fn case_config(
+    dir: &Path,
+    file: &str,
+    data: &Path,
+    out: &Path,
+    name: &str,
+    extra: &str,
+) -> PathBuf {
+    let json = format!(
+        r#"{{"name": "{name}", "seed": 3, "data": "{}", "out": "{}",
+  "generate": {{"size": 48, "variants": {{"rotate": [90], "shrink": [], "shear_x": [], "shear_y": [],
+    "distort": [0.02], "distort_sigma": 6, "elastic": [{{"alpha": 40, "sigma": 4}}],
+    "lens": {{"centres": [[0.5, 0.5]]}}}}}},
+  "split": {{"train": 0.5, "valid": 0.25, "test": 0.25}},
+  "stats": {{"samples_per_split": 2}},
+  "model": {{"levels": 2, "base_filters": 4}},
+  "train": {{"epochs": 1, "batch_size": 2, "preview_images": 1}}{extra}}}"#,
+        data.display(),
+        out.display()
+    );
+    config(dir, file, &json)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Non-zero exit, every needle in stderr, no panic.
+fn assert_refused(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "expected a refusal; stderr:\n{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "stderr lacks {n:?}:\n{e}");
+    }
+}
+
+/// `verify` passes.
+fn assert_verified(c: &Case) {
+    let out = c.ok(&["verify"]);
+    assert!(out.contains("all match manifest.json"), "{out}");
+}
+
+/// Everything under `dir` except the lock file, with bytes.
+fn run_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .filter(|(p, _)| p != "pipeline.lock" && p != "run.json")
+        .collect()
+}
+
+// ---------------------------------------------------------------- 1. never delete or overwrite
+
+#[test]
+fn run_folder_equal_to_the_dataset_root_is_refused() {
+    let c = Case::new(2);
+    let before = tree(&c.data);
+    let cfg = case_config(&c.root, "same", &c.data, &c.root, "data", "");
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap()]);
+    assert_refused(&o, &["is the dataset root", "nothing was written"]);
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap(), "--force"]);
+    assert_refused(&o, &["is the dataset root"]);
+    assert_eq!(tree(&c.data), before, "the dataset changed");
+}
+
+#[test]
+fn run_folder_inside_the_dataset_is_refused() {
+    let c = Case::new(2);
+    let cfg = case_config(
+        &c.root,
+        "inside",
+        &c.data,
+        &c.data.join("resources"),
+        "t",
+        "",
+    );
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap()]);
+    assert_refused(&o, &["lies inside the dataset root"]);
+    assert!(!c.data.join("resources/t").exists());
+}
+
+#[test]
+fn run_folder_containing_the_dataset_is_refused() {
+    let c = Case::new(2);
+    // data = <root>/data, run folder = <root>/out/.. /data's parent: out = root's parent, name = root's name
+    let parent = c.root.parent().unwrap();
+    let name = c.root.file_name().unwrap().to_str().unwrap();
+    let cfg = case_config(&c.root, "contains", &c.data, parent, name, "");
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap()]);
+    assert_refused(&o, &["contains the dataset root"]);
+    assert!(!c.root.join("master").exists());
+}
+
+#[test]
+fn force_removes_only_files_the_tool_recorded() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    let run = c.run_dir();
+    std::fs::write(run.join("master/images/my-notes.txt"), b"mine").unwrap();
+    std::fs::write(run.join("my-results.csv"), b"mine").unwrap();
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    assert_refused(&c.run(&["generate"]), &["holds a different run", "--force"]);
+    let o = c.run(&["generate", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not deleted"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(run.join("my-results.csv")).unwrap(), b"mine");
+    assert_eq!(
+        std::fs::read(run.join("unrecorded-1/images/my-notes.txt")).unwrap(),
+        b"mine"
+    );
+    assert_verified(&c);
+}
+
+#[test]
+fn rerun_whose_sources_all_fail_keeps_the_earlier_set() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    let before = run_tree(&c.run_dir());
+    let away = c.root.join("truth-away");
+    std::fs::rename(c.data.join(TRUTH), &away).unwrap();
+    std::fs::create_dir_all(c.data.join(TRUTH)).unwrap();
+    let o = c.run(&["generate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("earlier complete set"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir(c.data.join(TRUTH)).unwrap();
+    std::fs::rename(&away, c.data.join(TRUTH)).unwrap();
+    let after: Vec<_> = run_tree(&c.run_dir())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("staging") && p != "generate.journal")
+        .collect();
+    assert!(after == before, "the earlier set changed");
+    assert_verified(&c);
+    c.ok(&["stats"]);
+}
+
+#[test]
+fn rerun_with_one_source_failing_keeps_the_earlier_set_and_resume_finishes() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    let manifest = std::fs::read(c.run_dir().join("manifest.json")).unwrap();
+    let good = std::fs::read(c.image("image002")).unwrap();
+    std::fs::write(c.image("image002"), b"").unwrap();
+    let o = c.run(&["generate"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("image002"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(c.run_dir().join("manifest.json")).unwrap(),
+        manifest
+    );
+    std::fs::write(c.image("image002"), good).unwrap();
+    let out = c.ok(&["generate", "--resume"]);
+    assert!(out.contains("kept from the interrupted run"), "{out}");
+    assert_eq!(
+        std::fs::read(c.run_dir().join("manifest.json")).unwrap(),
+        manifest
+    );
+    assert_verified(&c);
+}
+
+#[test]
+fn corrupt_manifest_does_not_block_recovery() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let good = std::fs::read(c.run_dir().join("manifest.json")).unwrap();
+    std::fs::write(c.run_dir().join("manifest.json"), b"{\"schema\": tru").unwrap();
+    assert_refused(
+        &c.run(&["generate"]),
+        &["manifest.json is unreadable", "--force"],
+    );
+    c.ok(&["generate", "--force"]);
+    assert_eq!(
+        std::fs::read(c.run_dir().join("manifest.json")).unwrap(),
+        good
+    );
+    assert_verified(&c);
+}
+
+#[test]
+fn empty_manifest_does_not_block_recovery() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    let good = std::fs::read(c.run_dir().join("manifest.json")).unwrap();
+    std::fs::write(c.run_dir().join("manifest.json"), b"").unwrap();
+    assert_refused(&c.run(&["split"]), &["manifest.json", "--force"]);
+    let o = c.run(&["generate", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The old split's files cannot be named any more: they stay, with a note.
+    assert!(stderr(&o).contains("left in place"), "{}", stderr(&o));
+    c.ok(&["split"]);
+    assert!(
+        std::fs::read(c.run_dir().join("manifest.json")).unwrap() == good,
+        "the recovered run differs from the original"
+    );
+    assert_verified(&c);
+}
+
+#[test]
+fn file_in_the_dataset_that_no_manifest_records_is_refused_by_name() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    let mine = c.run_dir().join("dataset/train/images/mine.png");
+    std::fs::write(&mine, b"mine").unwrap();
+    assert_refused(
+        &c.run(&["split"]),
+        &["mine.png", "is not recorded in", "move it away"],
+    );
+    assert_eq!(std::fs::read(&mine).unwrap(), b"mine");
+}
+
+// ---------------------------------------------------------- 2. one writer, readers refuse
+
+#[test]
+fn second_writer_is_refused_while_the_first_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 30, 200, 150);
+    let out = dir.path().join("out");
+    let a = case_config(dir.path(), "a", &data, &out, "t", "");
+    let slow = std::fs::read_to_string(&a)
+        .unwrap()
+        .replace(r#""size": 48"#, r#""size": 512"#);
+    std::fs::write(&a, slow).unwrap();
+    let b = case_config(dir.path(), "b", &data, &out, "t", "");
+    std::fs::write(
+        &b,
+        std::fs::read_to_string(&b)
+            .unwrap()
+            .replace(r#""seed": 3"#, r#""seed": 9"#),
+    )
+    .unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args([
+            "generate",
+            "--config",
+            a.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = out.join("t/pipeline.lock");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |t| t.is_empty()) {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the first writer never locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let o = pipeline(&["generate", "--config", b.to_str().unwrap(), "--force"]);
+    let still_running = first.try_wait().unwrap().is_none();
+    assert!(first.wait().unwrap().success());
+    assert!(still_running, "the first writer ended too early to test");
+    assert_refused(
+        &o,
+        &[
+            "is in use by another pipeline process",
+            &format!("pid {}", first.id()),
+            "out/t",
+        ],
+    );
+    let v = pipeline_ok(&["verify", "--config", a.to_str().unwrap()]);
+    assert!(v.contains("all match"), "{v}");
+}
+
+#[test]
+fn train_after_a_split_killed_part_way_is_refused() {
+    let c = Case::new(4);
+    c.ok(&["generate"]);
+    assert!(
+        c.run_killed_at(&["split"], 12),
+        "split ended before point 12"
+    );
+    let o = c.run(&["train", "--device", "cpu"]);
+    assert_refused(&o, &["no complete split", "pipeline split"]);
+    assert!(!c.run_dir().join("train").exists());
+}
+
+#[test]
+fn stats_and_evaluate_after_a_split_killed_part_way_are_refused() {
+    let c = Case::new(4);
+    c.ok(&["generate"]);
+    assert!(c.run_killed_at(&["split"], 5));
+    assert_refused(&c.run(&["stats"]), &["no complete split", "pipeline split"]);
+    assert_refused(
+        &c.run(&["evaluate", "--device", "cpu"]),
+        &["no complete split", "pipeline split"],
+    );
+    assert!(!c.run_dir().join("stats.json").exists());
+}
+
+#[test]
+fn readers_refuse_a_generation_killed_while_replacing_the_set() {
+    let c = Case::lean(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    c.kill_at_label(&["generate"], "generate: master set aside");
+    for args in [
+        &["preview"][..],
+        &["split"],
+        &["stats"],
+        &["train", "--device", "cpu"],
+    ] {
+        assert_refused(
+            &c.run(args),
+            &["interrupted while replacing", "pipeline generate"],
+        );
+    }
+    c.ok(&["generate", "--resume"]);
+    c.ok(&["preview"]);
+}
+
+// ---------------------------------------------------------- 3. kill anywhere, same bytes
+
+/// Kills `args` at commit point 1, 2, ... until it finishes. Before each try the run folder is
+/// restored to `start`; after each kill `recover` runs and the folder must equal `expected`.
+/// Returns the number of points tried.
+fn kill_everywhere(
+    c: &Case,
+    start: &[(String, Vec<u8>)],
+    args: &[&str],
+    recover: &[&str],
+    expected: &[(String, Vec<u8>)],
+) -> usize {
+    for n in 1.. {
+        restore(&c.run_dir(), start);
+        if !c.run_killed_at(args, n) {
+            assert!(
+                run_tree(&c.run_dir()) == expected,
+                "uninterrupted run differs"
+            );
+            return n - 1;
+        }
+        c.ok(recover);
+        let got = run_tree(&c.run_dir());
+        if got != expected {
+            let names = |t: &[(String, Vec<u8>)]| t.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+            panic!(
+                "killed at commit point {n}, then {recover:?}: the folder differs\n got {:?}\n want {:?}",
+                names(&got),
+                names(expected)
+            );
+        }
+    }
+    unreachable!()
+}
+
+/// Replaces `dir` by the files of `snapshot` (as taken by [`tree`]).
+fn restore(dir: &Path, snapshot: &[(String, Vec<u8>)]) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for (rel, bytes) in snapshot {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+}
+
+#[test]
+fn generate_killed_at_every_commit_point_resumes_to_the_same_bytes() {
+    let c = Case::lean(2);
+    c.ok(&["generate", "--threads", "1"]);
+    let expected = run_tree(&c.run_dir());
+    let points = kill_everywhere(
+        &c,
+        &[],
+        &["generate", "--threads", "1"],
+        &["generate", "--resume"],
+        &expected,
+    );
+    assert!(points >= 10, "only {points} commit points");
+}
+
+#[test]
+fn generate_killed_at_every_commit_point_reruns_to_the_same_bytes() {
+    let c = Case::lean(2);
+    c.ok(&["generate", "--threads", "1"]);
+    let expected = run_tree(&c.run_dir());
+    kill_everywhere(
+        &c,
+        &[],
+        &["generate", "--threads", "1"],
+        &["generate"],
+        &expected,
+    );
+}
+
+#[test]
+fn generate_replacing_a_split_set_killed_at_every_commit_point_resumes() {
+    let c = Case::lean(3);
+    c.ok(&["generate", "--threads", "1"]);
+    let expected = run_tree(&c.run_dir());
+    c.ok(&["split"]);
+    let start = tree(&c.run_dir());
+    kill_everywhere(
+        &c,
+        &start,
+        &["generate", "--threads", "1"],
+        &["generate", "--resume"],
+        &expected,
+    );
+}
+
+#[test]
+fn generate_killed_after_master_exists_before_the_journal() {
+    // The state an earlier version left: master/ created, nothing recorded yet.
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let expected = run_tree(&c.run_dir());
+    std::fs::remove_dir_all(c.run_dir()).unwrap();
+    for d in ["images", "masks"] {
+        std::fs::create_dir_all(c.run_dir().join("master").join(d)).unwrap();
+    }
+    c.ok(&["generate", "--resume"]);
+    assert_eq!(run_tree(&c.run_dir()), expected);
+    // With a file in it that nothing records, the refusal says so in full.
+    std::fs::remove_dir_all(c.run_dir()).unwrap();
+    std::fs::create_dir_all(c.run_dir().join("master/images")).unwrap();
+    std::fs::write(c.run_dir().join("master/images/x.png"), b"?").unwrap();
+    assert_refused(
+        &c.run(&["generate", "--resume"]),
+        &[
+            "master/ holds 1 file(s) that no manifest or journal records",
+            "this config",
+            "--force",
+        ],
+    );
+}
+
+#[test]
+fn resume_after_a_source_changed_redoes_that_source() {
+    let c = Case::new(3);
+    assert!(c.run_killed_at(&["generate", "--threads", "1"], 15));
+    // image001 (already begun) is replaced by image003's picture.
+    std::fs::copy(c.image("image003"), c.image("image001")).unwrap();
+    std::fs::copy(c.truth("image003"), c.truth("image001")).unwrap();
+    c.ok(&["generate", "--resume"]);
+    let resumed = run_tree(&c.run_dir());
+    std::fs::remove_dir_all(c.run_dir()).unwrap();
+    c.ok(&["generate"]);
+    assert!(run_tree(&c.run_dir()) == resumed, "resume used stale pairs");
+}
+
+#[test]
+fn split_killed_at_every_commit_point_reruns_to_the_same_bytes() {
+    let c = Case::lean(3);
+    c.ok(&["generate"]);
+    let start = tree(&c.run_dir());
+    c.ok(&["split"]);
+    let expected = run_tree(&c.run_dir());
+    let points = kill_everywhere(&c, &start, &["split"], &["split"], &expected);
+    assert!(points > 10, "only {points} commit points");
+}
+
+#[test]
+fn split_rerun_killed_at_every_commit_point_reruns_to_the_same_bytes() {
+    let c = Case::lean(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    let start = tree(&c.run_dir());
+    let expected = run_tree(&c.run_dir());
+    kill_everywhere(&c, &start, &["split"], &["split"], &expected);
+}
+
+#[test]
+fn stats_killed_at_every_commit_point_reruns_to_the_same_bytes() {
+    let c = Case::lean(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    c.ok(&["stats"]);
+    let expected = run_tree(&c.run_dir());
+    let outputs = [
+        "stats.json",
+        "stats.png",
+        "samples_train.png",
+        "samples_valid.png",
+        "samples_test.png",
+    ];
+    let mut points = 0;
+    for n in 1.. {
+        for f in outputs {
+            let _ = std::fs::remove_file(c.run_dir().join(f));
+        }
+        if !c.run_killed_at(&["stats"], n) {
+            break;
+        }
+        points = n;
+        c.ok(&["stats"]);
+        assert!(
+            run_tree(&c.run_dir()) == expected,
+            "killed at {n}: stats differ"
+        );
+    }
+    assert!(points >= 2, "only {points} commit points");
+}
+
+// ---------------------------------------------------------- 4. one reader contract
+
+#[test]
+fn upper_case_png_extensions_work_in_every_stage() {
+    let c = Case::new(4);
+    for stem in ["image001", "image002", "image003", "image004"] {
+        std::fs::rename(c.image(stem), c.image(stem).with_extension("PNG")).unwrap();
+        std::fs::rename(c.truth(stem), c.truth(stem).with_extension("PNG")).unwrap();
+    }
+    c.ok(&["generate"]);
+    assert_eq!(c.manifest()["sources"].as_array().unwrap().len(), 4);
+    c.ok(&["split"]);
+    c.ok(&["train", "--device", "cpu"]);
+    c.ok(&["evaluate", "--device", "cpu"]);
+    let out = c.ok(&["infer", "--device", "cpu"]);
+    assert!(out.contains("images written"), "{out}");
+}
+
+#[test]
+fn symbolic_links_to_sources_are_followed() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    let real = std::fs::read(c.run_dir().join("manifest.json")).unwrap();
+    // The `cp -rs` layout: real folders, every file a link.
+    let linked = c.root.join("linked");
+    for e in walkdir::WalkDir::new(&c.data)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let to = linked.join(e.path().strip_prefix(&c.data).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::os::unix::fs::symlink(e.path(), &to).unwrap();
+        }
+    }
+    let cfg = case_config(&c.root, "linked", &linked, &c.root.join("out2"), "t", "");
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    let got = std::fs::read(c.root.join("out2/t/manifest.json")).unwrap();
+    assert!(got == real, "a linked tree gives another manifest");
+}
+
+#[test]
+fn bmp_fundus_image_is_read() {
+    let c = Case::new(2);
+    let img = image::open(c.image("image002")).unwrap();
+    std::fs::remove_file(c.image("image002")).unwrap();
+    img.save(c.image("image002").with_extension("bmp")).unwrap();
+    let o = c.run(&["generate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(c.manifest()["sources"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn two_images_with_one_name_are_refused_by_name() {
+    let c = Case::new(2);
+    std::fs::copy(
+        c.image("image002"),
+        c.image("image002").with_extension("jpg"),
+    )
+    .unwrap();
+    let o = c.run(&["generate"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_refused(&o, &["image002", "share the name", "image002.jpg"]);
+}
+
+#[test]
+fn infer_reports_a_bad_input_and_does_the_others() {
+    let c = Case::new(4);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    c.ok(&["train", "--device", "cpu"]);
+    let inputs = c.root.join("infer-in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let img = image::open(c.image("image001")).unwrap();
+    img.save(inputs.join("a.bmp")).unwrap();
+    std::fs::write(inputs.join("b.png"), b"not a picture").unwrap();
+    img.save(inputs.join("c.PNG")).unwrap();
+    let to = c.root.join("infer-out");
+    let o = pipeline(&[
+        "infer",
+        "--config",
+        c.cfg(),
+        "--device",
+        "cpu",
+        "--images",
+        inputs.to_str().unwrap(),
+        "--out",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_refused(&o, &["b.png", "not an image file", "1 of 3 input image(s)"]);
+    for stem in ["a", "c"] {
+        assert!(to.join(format!("{stem}_mask.png")).is_file(), "{stem}");
+    }
+    assert!(!to.join("b_mask.png").exists());
+}
+
+#[test]
+fn infer_output_folder_equal_to_its_input_folder_is_refused() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let inputs = c.root.join("infer-in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let o = pipeline(&[
+        "infer",
+        "--config",
+        c.cfg(),
+        "--images",
+        inputs.to_str().unwrap(),
+        "--out",
+        inputs.to_str().unwrap(),
+    ]);
+    assert_refused(&o, &["is the image folder"]);
+}
+
+fn truth_warning(c: &Case, code: &str, needle: &str) {
+    let o = c.run(&["generate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("warning: image001:") && e.contains(needle),
+        "no warning {needle:?}:\n{e}"
+    );
+    c.ok(&["split"]);
+    c.ok(&["stats"]);
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.run_dir().join("stats.json")).unwrap()).unwrap();
+    assert_eq!(s["input"]["truth_warnings"][code], 1, "{}", s["input"]);
+}
+
+#[test]
+fn rgb_ground_truth_with_marks_in_one_channel_is_reported() {
+    let c = Case::new(3);
+    let gt = image::open(c.truth("image001")).unwrap().to_luma8();
+    let red = image::RgbImage::from_fn(gt.width(), gt.height(), |x, y| {
+        image::Rgb([gt.get_pixel(x, y)[0], 0, 0])
+    });
+    red.save(c.truth("image001")).unwrap();
+    truth_warning(&c, "colour-channels-differ", "channels differ");
+}
+
+#[test]
+fn ground_truth_with_marks_below_the_threshold_is_reported() {
+    let c = Case::new(3);
+    let gt = image::open(c.truth("image001")).unwrap().to_luma8();
+    let weak = image::GrayImage::from_fn(gt.width(), gt.height(), |x, y| {
+        image::Luma([if gt.get_pixel(x, y)[0] > 0 { 105 } else { 0 }])
+    });
+    weak.save(c.truth("image001")).unwrap();
+    truth_warning(&c, "empty-at-threshold", "none reaches the threshold");
+}
+
+#[test]
+fn ground_truth_with_values_off_the_ddb1_levels_is_reported() {
+    let c = Case::new(3);
+    let gt = image::open(c.truth("image001")).unwrap().to_luma8();
+    let odd = image::GrayImage::from_fn(gt.width(), gt.height(), |x, y| {
+        image::Luma([if gt.get_pixel(x, y)[0] > 0 { 250 } else { 0 }])
+    });
+    odd.save(c.truth("image001")).unwrap();
+    truth_warning(&c, "not-ddb1-levels", "not DIARETDB1 levels");
+}
+
+#[test]
+fn oversized_image_gives_its_size_and_the_limit() {
+    let c = Case::with(2, r#", "max_image_pixels": 3000"#);
+    let o = c.run(&["generate"]);
+    assert_refused(
+        &o,
+        &[
+            "image001.png",
+            "64x48 = 3072 pixels",
+            "limit of 3000 pixels",
+            "max_image_pixels",
+        ],
+    );
+}
+
+// ---------------------------------------------------------- 5. splits
+
+#[test]
+fn three_sources_with_ratios_034_033_033_give_one_each() {
+    let c = Case::new(3);
+    c.edit_config(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+    );
+    c.ok(&["generate"]);
+    let out = c.ok(&["split"]);
+    for s in ["train", "valid", "test"] {
+        assert!(out.contains(&format!("{s} ")), "{out}");
+    }
+    let m = c.manifest();
+    for s in ["train", "valid", "test"] {
+        assert_eq!(m["split"]["sources"][s].as_array().unwrap().len(), 1, "{s}");
+    }
+}
+
+#[test]
+fn identical_sources_stay_in_one_split_for_every_seed() {
+    let c = Case::new(12);
+    std::fs::copy(c.image("image001"), c.image("image012")).unwrap();
+    std::fs::copy(c.truth("image001"), c.truth("image012")).unwrap();
+    // The split seed is the run seed: vary it through copies of the run (same master set).
+    for seed in 1..=7 {
+        let cfg = c.root.join(format!("s{seed}.json"));
+        let text = std::fs::read_to_string(&c.config).unwrap();
+        std::fs::write(
+            &cfg,
+            text.replace(r#""seed": 3"#, &format!(r#""seed": {seed}"#)),
+        )
+        .unwrap();
+        let out = c.root.join(format!("out{seed}"));
+        let cfg_text = std::fs::read_to_string(&cfg).unwrap().replace(
+            &c.root.join("out").display().to_string(),
+            &out.display().to_string(),
+        );
+        std::fs::write(&cfg, cfg_text).unwrap();
+        pipeline_ok(&["generate", "--config", cfg.to_str().unwrap()]);
+        let o = pipeline(&["split", "--config", cfg.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("image001, image012 have identical images") && e.contains("kept together"),
+            "{e}"
+        );
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("t/manifest.json")).unwrap()).unwrap();
+        let split_of = |stem: &str| {
+            ["train", "valid", "test"]
+                .into_iter()
+                .find(|s| {
+                    m["split"]["sources"][s]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == stem)
+                })
+                .unwrap()
+        };
+        assert_eq!(split_of("image001"), split_of("image012"), "seed {seed}");
+    }
+}
+
+// ---------------------------------------------------------- 6. every accepted value works
+
+fn config_refused(from: &str, to: &str, needles: &[&str]) {
+    let c = Case::new(1);
+    c.edit_config(from, to);
+    let o = c.run(&["generate"]);
+    let mut all = vec!["cfg.json"];
+    all.extend_from_slice(needles);
+    assert_refused(&o, &all);
+    assert!(
+        !c.root.join("out").exists(),
+        "output written despite a bad config"
+    );
+}
+
+#[test]
+fn config_rotate_1e_minus_300_is_refused_naming_the_field() {
+    config_refused(
+        r#""rotate": [90]"#,
+        r#""rotate": [90, 1e-300]"#,
+        &[
+            "`generate.variants.rotate[1]`",
+            "characters, the limit is 32",
+        ],
+    );
+}
+
+#[test]
+fn config_elastic_alpha_with_many_digits_is_refused_naming_the_field() {
+    config_refused(
+        r#""alpha": 40"#,
+        r#""alpha": 1e-30"#,
+        &["`generate.variants.elastic[0]`", "fewer digits"],
+    );
+}
+
+#[test]
+fn config_huge_size_is_refused() {
+    config_refused(
+        r#""size": 48"#,
+        r#""size": 1000000"#,
+        &["`generate.size`", "4096"],
+    );
+}
+
+#[test]
+fn config_huge_distortion_sigma_is_refused() {
+    config_refused(
+        r#""distort_sigma": 6"#,
+        r#""distort_sigma": 1e300"#,
+        &["`generate.variants.distort_sigma`"],
+    );
+}
+
+#[test]
+fn config_long_ordinary_values_still_run() {
+    // The longest names the limit lets through make a working run.
+    let c = Case::new(1);
+    c.edit_config(r#""rotate": [90]"#, r#""rotate": [90, -123.456789012345]"#);
+    let o = c.run(&["generate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_verified(&c);
+}

@@ -305,6 +305,36 @@ mod tests {
         );
     }
 
+    /// The column-wise passes give exactly the bits of the one-line recursion, row by row and
+    /// then column by column.
+    #[test]
+    fn blur_is_the_line_recursion_along_x_then_y() {
+        let (w, h, sigma) = (37, 23, 3.0);
+        let mut rng = rng_for(9, "s", "lines");
+        let src: Vec<f64> = (0..w * h).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let c = YvvCoefficients::new(sigma);
+        let pad = (4.0 * sigma).ceil() as usize;
+        let mut rows = vec![0f64; w * h];
+        let mut line = vec![0f64; w.max(h) + pad];
+        for (i, o) in src.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+            blur_line(i, pad, &c, &mut line);
+            o.copy_from_slice(&line[..w]);
+        }
+        let mut want = vec![0f64; w * h];
+        for x in 0..w {
+            let col: Vec<f64> = (0..h).map(|y| rows[y * w + x]).collect();
+            blur_line(&col, pad, &c, &mut line);
+            for y in 0..h {
+                want[y * w + x] = line[y];
+            }
+        }
+        let got = gaussian_blur(&src, w, h, sigma);
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
     #[test]
     fn distortion_max_is_the_requested_amount() {
         let mut rng = rng_for(1, "s", "distort");

@@ -1,10 +1,12 @@
-//! Criterion benchmarks of each variant at 512x512 (one pair: image + mask), the squaring of a
-//! 1500x1152 source, and the PNG encoders. Throughput is in pixels of the output.
+//! Criterion benchmarks of the generator's kernels, one number each so a regression shows:
+//! building and applying each variant's operation at 512x512 (one pair: image + mask; the
+//! remap, the flips, the exact copy), decoding and squaring a 1500x1152 source, and the PNG and
+//! JPEG encoders. Throughput is in pixels of the output (of the source for decode and prepare).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fundus_pipeline::augment::{plan, Pair, Variant};
 use fundus_pipeline::config::{LensConfig, VariantsConfig};
-use fundus_pipeline::io::{encode_png_gray, encode_png_rgb};
+use fundus_pipeline::io::{decode_image, encode_jpeg_rgb, encode_png_gray, encode_png_rgb};
 use fundus_pipeline::prep::prepare;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
@@ -47,22 +49,26 @@ fn variants(c: &mut Criterion) {
     g.throughput(Throughput::Elements(512 * 512));
     for v in &picked {
         g.bench_with_input(BenchmarkId::from_parameter(v.name()), v, |b, v| {
-            b.iter(|| v.sample_map(512, 512, 42, "image001"))
+            b.iter(|| v.operation(512, 512, 42, "image001"))
         });
     }
     g.finish();
     let mut g = c.benchmark_group("map_apply_512");
     g.throughput(Throughput::Elements(512 * 512));
     for v in &picked {
-        let map = v.sample_map(512, 512, 42, "image001");
-        g.bench_with_input(BenchmarkId::from_parameter(v.name()), v, |b, v| {
-            b.iter(|| v.apply_map(&pair, map.as_ref()))
+        let op = v.operation(512, 512, 42, "image001");
+        g.bench_with_input(BenchmarkId::from_parameter(v.name()), v, |b, _| {
+            b.iter(|| op.apply(&pair).into_owned())
         });
     }
     g.finish();
 
     let mut g = c.benchmark_group("prepare");
     g.throughput(Throughput::Elements(1500 * 1152));
+    let png = encode_png_rgb(&img).unwrap();
+    g.bench_function("decode_png_1500x1152", |b| {
+        b.iter(|| decode_image(std::path::Path::new("source.png"), &png).unwrap())
+    });
     g.bench_function("square_1500x1152_to_512", |b| {
         b.iter(|| prepare(&img, &mask, 512).unwrap())
     });
@@ -75,6 +81,9 @@ fn variants(c: &mut Criterion) {
     });
     g.bench_function("png_mask_fast", |b| {
         b.iter(|| encode_png_gray(&pair.mask).unwrap())
+    });
+    g.bench_function("jpeg_rgb_q95", |b| {
+        b.iter(|| encode_jpeg_rgb(&pair.image, 95).unwrap())
     });
     g.finish();
 }

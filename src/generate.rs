@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::augment::{plan, Pair, SampleMap, Variant};
+use crate::augment::{plan, Operation, Pair, Variant};
 use crate::config::{Config, ImageFormat};
 use crate::dataset::layout::{scan, Problem, Source};
 use crate::io::{
@@ -138,7 +138,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     let total = scan.sources.len() * variants.len();
     let bar = progress_bar(total as u64, opts.progress);
     let ctx = Ctx {
-        maps: &HashMap::new(),
+        ops: &HashMap::new(),
         cfg,
         run_dir: &run_dir,
         variants: &variants,
@@ -154,14 +154,14 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         .build()
         .context("cannot start worker threads")?;
     let results: Vec<(Source, Result<SourceOutput>)> = pool.install(|| {
-        // Maps of the deterministic variants are the same for every source: build them once.
+        // Operations of the deterministic variants are the same for every source: build them once.
         let size = cfg.generate.size;
-        let maps: HashMap<String, SampleMap> = variants
+        let ops: HashMap<String, Operation> = variants
             .par_iter()
             .filter(|v| !v.is_random())
-            .filter_map(|v| Some((v.name(), v.sample_map(size, size, cfg.seed, "")?)))
+            .map(|v| (v.name(), v.operation(size, size, cfg.seed, "")))
             .collect();
-        let ctx = Ctx { maps: &maps, ..ctx };
+        let ctx = Ctx { ops: &ops, ..ctx };
         scan.sources
             .par_iter()
             .map(|s| (s.clone(), ctx.source(s)))
@@ -511,8 +511,8 @@ type SourceOutput = (SourceRecord, Vec<PairRecord>, Vec<String>);
 
 /// Shared, read-only state of one generation.
 struct Ctx<'a> {
-    /// Precomputed maps of the deterministic variants, by name.
-    maps: &'a HashMap<String, SampleMap>,
+    /// Operations of the deterministic variants (built once per run), by name.
+    ops: &'a HashMap<String, Operation>,
     cfg: &'a Config,
     run_dir: &'a Path,
     variants: &'a [Variant],
@@ -563,7 +563,7 @@ impl Ctx<'_> {
         }
 
         let max_pixels = self.cfg.max_image_pixels;
-        let image = crate::input::decode(&src.image, &image_bytes, max_pixels)?.to_rgb8();
+        let image = crate::input::decode(&src.image, &image_bytes, max_pixels)?.into_rgb8();
         let truth = crate::input::decode(&src.truth, &truth_bytes, max_pixels)?;
         let (truth, issues) = read_truth(&truth, self.cfg.generate.threshold);
         ensure!(
@@ -630,11 +630,16 @@ impl Ctx<'_> {
 
     fn write_variant(&self, square: &Pair, stem: &str, v: &Variant) -> Result<PairRecord> {
         let g = &self.cfg.generate;
-        let out = if v.is_random() {
-            v.apply(square, self.cfg.seed, stem)
-        } else {
-            v.apply_map(square, self.maps.get(&v.name()))
+        let per_source;
+        let op = match self.ops.get(&v.name()) {
+            Some(op) => op,
+            None => {
+                let (w, h) = square.image.dimensions();
+                per_source = v.operation(w, h, self.cfg.seed, stem);
+                &per_source
+            }
         };
+        let out = op.apply(square);
         let name = format!("{stem}_{}", v.name());
         let (img_bytes, ext) = match g.image_format {
             ImageFormat::Png => (encode_png_rgb(&out.image)?, "png"),

@@ -1,4 +1,5 @@
-//! File output: encoders (fast PNG, JPEG) and atomic writes. Every file the tool writes goes to a
+//! File output: encoders (fast PNG; JPEG through the `jpeg-encoder` crate, whose AVX2 colour
+//! conversion and integer DCT give the same bytes as its portable code) and atomic writes. Every file the tool writes goes to a
 //! temporary name in the target folder and is renamed into place, so a crash never leaves a
 //! half-written file under a real name.
 
@@ -6,7 +7,6 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
 
@@ -102,16 +102,20 @@ pub fn encode_png(raw: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Resul
     Ok(out)
 }
 
-/// RGB JPEG at `quality` (1..=100).
+/// RGB JPEG at `quality` (1..=100; clamped), baseline; chroma 4:4:4 from quality 90 up, 4:2:0
+/// below (the `jpeg-encoder` crate's default, which is several times faster than the `image`
+/// crate's encoder: docs/benchmarks.md).
+///
+/// # Errors
+/// If a side exceeds 65535 pixels (the JPEG limit).
 pub fn encode_jpeg_rgb(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgb8,
-        )
+    let (w, h) = img.dimensions();
+    let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
+        anyhow::bail!("JPEG encoding failed: {w}x{h} is larger than JPEG's 65535x65535");
+    };
+    let mut out = Vec::with_capacity(img.as_raw().len() / 4);
+    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+        .encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
         .context("JPEG encoding failed")?;
     Ok(out)
 }
@@ -180,6 +184,26 @@ mod tests {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o644);
         }
+    }
+
+    #[test]
+    fn jpeg_round_trip_is_close_to_the_source() {
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+        });
+        let bytes = encode_jpeg_rgb(&img, 95).unwrap();
+        let back = decode_image(Path::new("t.jpg"), &bytes)
+            .unwrap()
+            .into_rgb8();
+        assert_eq!(back.dimensions(), (64, 48));
+        let err = img
+            .as_raw()
+            .iter()
+            .zip(back.as_raw())
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .max()
+            .unwrap();
+        assert!(err <= 8, "largest error {err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use anyhow::{ensure, Context, Result};
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{GrayImage, Luma, Rgb, RgbImage};
+use image::{GrayImage, Rgb, RgbImage};
 
 use crate::augment::Pair;
 
@@ -39,13 +39,41 @@ impl SquareGeometry {
 /// Ground-truth confidence map -> binary mask (0/255): lesion where v > 0 and v / 252 >= threshold.
 pub fn binarize(gt: &GrayImage, threshold: f64) -> GrayImage {
     let min = binarize_min(threshold);
-    GrayImage::from_fn(gt.width(), gt.height(), |x, y| {
-        Luma([if u16::from(gt.get_pixel(x, y)[0]) >= min {
-            255
-        } else {
-            0
-        }])
-    })
+    let raw = gt
+        .as_raw()
+        .iter()
+        .map(|&v| if u16::from(v) >= min { 255 } else { 0 })
+        .collect();
+    GrayImage::from_raw(gt.width(), gt.height(), raw).expect("buffer size")
+}
+
+/// `img` centred in a `side` x `side` square of `fill` pixels, as raw samples (`C` per pixel).
+/// Row copies: the same bytes as `imageops::replace` onto a filled square, without the per-pixel
+/// indexing.
+fn pad_to_square<const C: usize>(
+    raw: &[u8],
+    w: u32,
+    h: u32,
+    g: &SquareGeometry,
+    fill: [u8; C],
+) -> Vec<u8> {
+    let side = g.side as usize;
+    let (w, h) = (w as usize, h as usize);
+    let (px, py) = (g.pad_x as usize, g.pad_y as usize);
+    let mut out = Vec::with_capacity(side * side * C);
+    let fill_px = |out: &mut Vec<u8>, n: usize| {
+        for _ in 0..n {
+            out.extend_from_slice(&fill);
+        }
+    };
+    fill_px(&mut out, py * side);
+    for row in raw.chunks_exact(w * C).take(h) {
+        fill_px(&mut out, px);
+        out.extend_from_slice(row);
+        fill_px(&mut out, side - px - w);
+    }
+    fill_px(&mut out, (side - py - h) * side);
+    out
 }
 
 /// Something wrong with a ground-truth map that does not stop generation but may make its masks
@@ -158,10 +186,9 @@ pub fn square_image(
     size: u32,
 ) -> Result<(RgbImage, SquareGeometry)> {
     let g = SquareGeometry::new(img.width(), img.height(), size);
-    let mut sq = RgbImage::from_pixel(g.side, g.side, fill);
-    image::imageops::replace(&mut sq, img, i64::from(g.pad_x), i64::from(g.pad_y));
+    let sq = pad_to_square(img.as_raw(), img.width(), img.height(), &g, fill.0);
     let out = resize(
-        sq.into_raw(),
+        sq,
         g.side,
         g.side,
         size,
@@ -175,22 +202,13 @@ pub fn square_image(
 /// Pads a 0/255 mask to a centred square of 0 and area-downscales it, re-thresholded at 0.5.
 pub fn square_mask(mask: &GrayImage, size: u32) -> Result<GrayImage> {
     let g = SquareGeometry::new(mask.width(), mask.height(), size);
-    let mut sq = GrayImage::new(g.side, g.side);
-    image::imageops::replace(&mut sq, mask, i64::from(g.pad_x), i64::from(g.pad_y));
+    let sq = pad_to_square(mask.as_raw(), mask.width(), mask.height(), &g, [0]);
     let filter = if size <= g.side {
         FilterType::Box
     } else {
         FilterType::Bilinear
     };
-    let mut out = resize(
-        sq.into_raw(),
-        g.side,
-        g.side,
-        size,
-        size,
-        PixelType::U8,
-        filter,
-    )?;
+    let mut out = resize(sq, g.side, g.side, size, size, PixelType::U8, filter)?;
     for v in &mut out {
         *v = if *v >= 128 { 255 } else { 0 };
     }
@@ -258,6 +276,20 @@ pub(crate) fn resize(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Luma;
+
+    #[test]
+    fn padding_equals_replace_onto_a_filled_square() {
+        for (w, h) in [(7, 4), (4, 7), (5, 5), (6, 3)] {
+            let img = RgbImage::from_fn(w, h, |x, y| Rgb([x as u8, y as u8, 9]));
+            let g = SquareGeometry::new(w, h, 3);
+            let fill = Rgb([200, 1, 2]);
+            let mut want = RgbImage::from_pixel(g.side, g.side, fill);
+            image::imageops::replace(&mut want, &img, i64::from(g.pad_x), i64::from(g.pad_y));
+            let got = pad_to_square(img.as_raw(), w, h, &g, fill.0);
+            assert_eq!(got, want.into_raw(), "{w}x{h}");
+        }
+    }
 
     #[test]
     fn binarize_follows_the_protocol() {

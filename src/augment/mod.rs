@@ -1,12 +1,22 @@
 //! Variants: what each one is called, its parameters, and how it turns a prepared square pair into
-//! a new pair. Every geometric variant is one coordinate map fed to the remap core in [`warp`];
-//! the same map moves the image and the mask, so they cannot drift apart.
+//! a new pair. [`Variant::operation`] says what a variant does, as one of three kinds of
+//! [`Operation`]: an exact pixel permutation (orig, flips), a warp through a [`SampleMap`] (every
+//! geometric variant: one coordinate map fed to the remap core in [`warp`], the same for image and
+//! mask, so they cannot drift apart), or a per-pixel operation. Every caller dispatches on that
+//! operation, and every `match` is exhaustive: a new kind of variant that is not handled
+//! everywhere does not compile.
+//!
+//! Adding a variant kind: a `Variant` arm, its name/kind/params/randomness (the compiler lists
+//! them), its [`Operation`] in [`Variant::operation`], and its config key in [`plan`].
 
 pub mod affine;
 pub mod field;
 pub mod lens;
 pub mod warp;
 
+use std::borrow::Cow;
+
+use image::{GrayImage, RgbImage};
 use serde_json::{json, Value};
 
 use crate::config::VariantsConfig;
@@ -93,19 +103,33 @@ impl Variant {
         }
     }
 
-    /// True when the variant draws random numbers (its map differs per source).
+    /// True when the variant draws random numbers: its operation differs per source (built from
+    /// the generator of (seed, stem, name)). Otherwise one operation serves every source.
     pub fn is_random(&self) -> bool {
-        matches!(self, Variant::Elastic { .. } | Variant::Distort { .. })
+        match self {
+            Variant::Elastic { .. } | Variant::Distort { .. } => true,
+            Variant::Orig
+            | Variant::HFlip
+            | Variant::VFlip
+            | Variant::Rotate(_)
+            | Variant::Shrink(_)
+            | Variant::ShearX(_)
+            | Variant::ShearY(_)
+            | Variant::Lens(_) => false,
+        }
     }
 
-    /// The resampling map of this variant for a `w` x `h` picture, or `None` for the exact pixel
-    /// permutations (orig, flips). Random variants draw from the generator of
-    /// (seed, stem, variant name), so the map does not depend on order or threads; the others
-    /// ignore seed and stem, and one map serves every source.
-    pub fn sample_map(&self, w: u32, h: u32, seed: u64, stem: &str) -> Option<SampleMap> {
-        let affine = |m| Some(SampleMap::new(w, h, &Affine(m), Border::Fill));
+    /// What this variant does to a `w` x `h` pair. Random variants draw from the generator of
+    /// (seed, stem, variant name), so the operation does not depend on order or threads; the
+    /// others ignore seed and stem (see [`Variant::is_random`]).
+    pub fn operation(&self, w: u32, h: u32, seed: u64, stem: &str) -> Operation {
+        let warp =
+            |map: &dyn warp::CoordMap, border| Operation::Warp(SampleMap::new(w, h, map, border));
+        let affine = |m| warp(&Affine(m), Border::Fill);
         match self {
-            Variant::Orig | Variant::HFlip | Variant::VFlip => None,
+            Variant::Orig => Operation::Permute(Permutation::Identity),
+            Variant::HFlip => Operation::Permute(Permutation::FlipHorizontal),
+            Variant::VFlip => Operation::Permute(Permutation::FlipVertical),
             Variant::Rotate(a) => affine(affine::rotation(*a, w, h)),
             Variant::Shrink(r) => affine(affine::shrink(*r, w, h)),
             Variant::ShearX(s) => affine(affine::shear_x(*s, w, h)),
@@ -113,13 +137,13 @@ impl Variant {
             Variant::Elastic { alpha, sigma } => {
                 let mut rng = rng_for(seed, stem, &self.name());
                 let d = field::elastic(w as usize, h as usize, *alpha, *sigma, &mut rng);
-                Some(SampleMap::new(w, h, &d, Border::Clamp))
+                warp(&d, Border::Clamp)
             }
             Variant::Distort { amount, sigma } => {
                 let mut rng = rng_for(seed, stem, &self.name());
                 let max = amount * f64::from(w.max(h));
                 let d = field::distortion(w as usize, h as usize, *sigma, max, &mut rng);
-                Some(SampleMap::new(w, h, &d, Border::Clamp))
+                warp(&d, Border::Clamp)
             }
             Variant::Lens(l) => {
                 let (wf, hf) = (f64::from(w), f64::from(h));
@@ -133,35 +157,128 @@ impl Variant {
                         amount: l.amount,
                     })
                     .collect();
-                Some(SampleMap::new(w, h, &LensChain(chain), Border::Fill))
+                warp(&LensChain(chain), Border::Fill)
             }
         }
     }
 
-    /// Produces this variant of `src` with a map from [`Variant::sample_map`] (`None` for orig
-    /// and flips).
-    pub fn apply_map(&self, src: &Pair, map: Option<&SampleMap>) -> Pair {
-        match (self, map) {
-            (Variant::HFlip, _) => Pair {
-                image: image::imageops::flip_horizontal(&src.image),
-                mask: image::imageops::flip_horizontal(&src.mask),
-                fill: src.fill,
-            },
-            (Variant::VFlip, _) => Pair {
-                image: image::imageops::flip_vertical(&src.image),
-                mask: image::imageops::flip_vertical(&src.mask),
-                fill: src.fill,
-            },
-            (_, Some(m)) => m.apply(src),
-            (_, None) => src.clone(),
-        }
-    }
-
-    /// Produces this variant of `src` (builds the map and applies it).
+    /// Produces this variant of `src` (builds the operation and applies it).
     pub fn apply(&self, src: &Pair, seed: u64, stem: &str) -> Pair {
         let (w, h) = src.image.dimensions();
-        let map = self.sample_map(w, h, seed, stem);
-        self.apply_map(src, map.as_ref())
+        self.operation(w, h, seed, stem).apply(src).into_owned()
+    }
+}
+
+/// What a variant does to a pair.
+#[derive(Debug, Clone)]
+pub enum Operation {
+    /// An exact pixel permutation: every output byte is a source byte, nothing is resampled.
+    Permute(Permutation),
+    /// Resampling through a map (image bilinear, mask thresholded; see [`warp`]).
+    Warp(SampleMap),
+    /// A per-pixel operation that keeps the geometry (the place for colour jitters).
+    PerPixel(PixelOp),
+}
+
+impl Operation {
+    /// Applies the operation to `src` (borrowed back unchanged for the identity).
+    ///
+    /// # Panics
+    /// A warp panics if `src` is not the size its map was built for.
+    pub fn apply<'a>(&self, src: &'a Pair) -> Cow<'a, Pair> {
+        match self {
+            Operation::Permute(p) => p.apply(src),
+            Operation::Warp(map) => Cow::Owned(map.apply(src)),
+            Operation::PerPixel(op) => Cow::Owned(op.apply(src)),
+        }
+    }
+}
+
+/// Exact pixel permutations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permutation {
+    /// The pair as it is.
+    Identity,
+    /// Mirror left-right (x -> w - 1 - x).
+    FlipHorizontal,
+    /// Mirror top-bottom (y -> h - 1 - y).
+    FlipVertical,
+}
+
+impl Permutation {
+    /// Applies the permutation as row copies (no per-pixel indexing).
+    pub fn apply<'a>(&self, src: &'a Pair) -> Cow<'a, Pair> {
+        let pair = |image, mask| {
+            Cow::Owned(Pair {
+                image,
+                mask,
+                fill: src.fill,
+            })
+        };
+        match self {
+            Permutation::Identity => Cow::Borrowed(src),
+            Permutation::FlipHorizontal => pair(
+                flip_rows::<3>(&src.image).into_rgb(),
+                flip_rows::<1>(&src.mask).into_gray(),
+            ),
+            Permutation::FlipVertical => pair(
+                reverse_rows(&src.image).into_rgb(),
+                reverse_rows(&src.mask).into_gray(),
+            ),
+        }
+    }
+}
+
+/// A raw `w` x `h` buffer on its way back into an image type.
+struct Raw(u32, u32, Vec<u8>);
+
+impl Raw {
+    fn into_rgb(self) -> RgbImage {
+        RgbImage::from_raw(self.0, self.1, self.2).expect("buffer size")
+    }
+    fn into_gray(self) -> GrayImage {
+        GrayImage::from_raw(self.0, self.1, self.2).expect("buffer size")
+    }
+}
+
+/// Each row's `C`-byte pixels in reverse order.
+fn flip_rows<const C: usize>(
+    img: &image::ImageBuffer<impl image::Pixel<Subpixel = u8>, Vec<u8>>,
+) -> Raw {
+    let (w, h) = img.dimensions();
+    let row = (w as usize * C).max(1);
+    let mut out = vec![0u8; img.as_raw().len()];
+    for (o, i) in out
+        .chunks_exact_mut(row)
+        .zip(img.as_raw().chunks_exact(row))
+    {
+        for (op, ip) in o.chunks_exact_mut(C).zip(i.chunks_exact(C).rev()) {
+            op.copy_from_slice(ip);
+        }
+    }
+    Raw(w, h, out)
+}
+
+/// The rows in reverse order.
+fn reverse_rows(img: &image::ImageBuffer<impl image::Pixel<Subpixel = u8>, Vec<u8>>) -> Raw {
+    let (w, h) = img.dimensions();
+    let row = img.as_raw().len() / h.max(1) as usize;
+    let mut out = Vec::with_capacity(img.as_raw().len());
+    for r in img.as_raw().chunks_exact(row.max(1)).rev() {
+        out.extend_from_slice(r);
+    }
+    Raw(w, h, out)
+}
+
+/// Per-pixel operations. None exists yet: adding one (say a brightness jitter) makes
+/// [`PixelOp::apply`] fail to compile until it says what the operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelOp {}
+
+impl PixelOp {
+    /// Applies the operation to every pixel of `src` (the mask stays as it is).
+    pub fn apply(&self, _src: &Pair) -> Pair {
+        match *self {}
     }
 }
 

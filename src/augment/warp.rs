@@ -43,72 +43,198 @@ pub fn remap(src: &Pair, map: &dyn CoordMap, border: Border) -> Pair {
 /// Sub-pixel precision of the bilinear weights: 1/256 pixel (OpenCV's remap uses 1/32).
 const FRAC_BITS: u32 = 8;
 const ONE: i32 = 1 << FRAC_BITS;
+/// Rounding term and shift of a sum of four weight products (weights sum to `ONE * ONE`).
+const HALF: i32 = 1 << (2 * FRAC_BITS - 1);
+const SHIFT: u32 = 2 * FRAC_BITS;
 
-/// One output pixel's sampling position: top-left tap and fixed-point fractions.
-#[derive(Debug, Clone, Copy)]
+/// One output pixel's sampling position: top-left tap and fixed-point fractions in `0..ONE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tap {
     x0: i32,
     y0: i32,
-    fx: u16,
-    fy: u16,
+    fx: u8,
+    fy: u8,
+}
+
+impl Tap {
+    /// Resolves a source coordinate (pixel centres at integers) to a tap. Far-away coordinates
+    /// (and NaN) are pinned just outside the `w` x `h` picture, where they read the border.
+    ///
+    /// floor and round are done with integer conversions (exact for this range, and the same
+    /// values as `f32::floor` / `f32::round`): on the x86-64 baseline those two are library calls.
+    #[inline]
+    fn new(sx: f32, sy: f32, w: u32, h: u32) -> Tap {
+        let (x0, fx) = split(sx, w as f32 + 2.0);
+        let (y0, fy) = split(sy, h as f32 + 2.0);
+        Tap { x0, y0, fx, fy }
+    }
+
+    /// Bilinear weights of the four taps (top-left, top-right, bottom-left, bottom-right);
+    /// they sum to `ONE * ONE`.
+    #[inline]
+    fn weights(&self) -> [i32; 4] {
+        let (fx, fy) = (i32::from(self.fx), i32::from(self.fy));
+        [
+            (ONE - fx) * (ONE - fy),
+            fx * (ONE - fy),
+            (ONE - fx) * fy,
+            fx * fy,
+        ]
+    }
+}
+
+/// Integer part and 8-bit fraction of a coordinate clamped to [-3, max] (NaN to -3): (floor(s),
+/// round(frac * 256)), with a fraction that rounds up to 256 carried into the integer part.
+#[inline]
+fn split(s: f32, max: f32) -> (i32, u8) {
+    let s = s.max(-3.0).min(max); // `max` returns the other operand for NaN
+                                  // SAFETY: `s` is finite and within [-3, max] (max is at most a picture side + 2), so the
+                                  // truncation toward zero fits an i32. Unchecked: the saturating `as` does not vectorize.
+    let t: i32 = unsafe { s.to_int_unchecked() };
+    let i = t - i32::from(t as f32 > s);
+    let d = (s - i as f32) * ONE as f32; // in [0, ONE)
+                                         // SAFETY: `d` is finite and within [0, ONE).
+    let k: i32 = unsafe { d.to_int_unchecked() };
+    let f = k + i32::from(d - k as f32 >= 0.5); // round half away from zero, in [0, ONE]
+    (i + (f >> FRAC_BITS), f as u8) // f == ONE: carry, fraction 0
+}
+
+/// What a run of consecutive output pixels needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunKind {
+    /// All four taps inside the picture: a plain gather, no border logic.
+    Inside,
+    /// Every tap that carries weight is outside and the border is [`Border::Fill`]: the output is
+    /// exactly the fill colour and mask 0.
+    Fill,
+    /// Anything else (taps on both sides of the border, or clamped): the general sampler.
+    Edge,
+}
+
+/// `len` consecutive output pixels (in row-major order) of one kind.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    kind: RunKind,
+    len: u32,
+}
+
+/// Top-left tap of an [`RunKind::Inside`] pixel as an index into the source (y0 * w + x0), and
+/// its fractions.
+#[derive(Debug, Clone, Copy)]
+struct InsideTap {
+    index: u32,
+    fx: u8,
+    fy: u8,
 }
 
 /// A coordinate map resolved to integer taps and fixed-point weights, for one image size. It does
 /// not depend on the image, so a deterministic variant's map is built once and reused for every
 /// source; applying it is a pure gather with integer arithmetic.
+///
+/// Output pixels are grouped in runs of one [`RunKind`], so the common case (all taps inside)
+/// runs without border logic and pixels that only read the fill colour cost a copy.
 #[derive(Debug, Clone)]
 pub struct SampleMap {
     w: u32,
     h: u32,
     border: Border,
-    taps: Vec<Tap>,
+    runs: Vec<Run>,
+    /// Taps of the `Inside` pixels, in output order.
+    inside: Vec<InsideTap>,
+    /// Taps of the `Edge` pixels, in output order.
+    edge: Vec<Tap>,
 }
 
 impl SampleMap {
+    /// Resolves `map` for a `w` x `h` picture. Coordinates are in pixels with centres at integers.
     pub fn new(w: u32, h: u32, map: &dyn CoordMap, border: Border) -> Self {
         let (wu, hu) = (w as usize, h as usize);
-        let mut taps = Vec::with_capacity(wu * hu);
+        let mut out = Self {
+            w,
+            h,
+            border,
+            runs: Vec::new(),
+            inside: Vec::with_capacity(wu * hu),
+            edge: Vec::new(),
+        };
         let mut coords = vec![[0f32; 2]; wu];
-        // Far-away coordinates (and NaN) are pinned just outside, where they read the border.
-        let (xmax, ymax) = (w as f32 + 2.0, h as f32 + 2.0);
+        let mut taps = vec![
+            Tap {
+                x0: 0,
+                y0: 0,
+                fx: 0,
+                fy: 0
+            };
+            wu
+        ];
+        let mut run = Run {
+            kind: RunKind::Inside,
+            len: 0,
+        };
         for y in 0..hu {
             map.row(y, &mut coords);
-            for &[sx, sy] in &coords {
-                let sx = if sx.is_nan() {
-                    -3.0
+            // Branch-free, so the compiler can vectorize it.
+            for (t, &[sx, sy]) in taps.iter_mut().zip(&coords) {
+                *t = Tap::new(sx, sy, w, h);
+            }
+            for t in &taps {
+                let kind = if (t.x0 as u32) < w - 1 && (t.y0 as u32) < h - 1 {
+                    out.inside.push(InsideTap {
+                        index: t.y0 as u32 * w + t.x0 as u32,
+                        fx: t.fx,
+                        fy: t.fy,
+                    });
+                    RunKind::Inside
                 } else {
-                    sx.clamp(-3.0, xmax)
+                    let kind = out.classify(t);
+                    if kind == RunKind::Edge {
+                        out.edge.push(*t);
+                    }
+                    kind
                 };
-                let sy = if sy.is_nan() {
-                    -3.0
+                if kind == run.kind {
+                    run.len += 1;
                 } else {
-                    sy.clamp(-3.0, ymax)
-                };
-                let (fx0, fy0) = (sx.floor(), sy.floor());
-                let mut x0 = fx0 as i32;
-                let mut y0 = fy0 as i32;
-                let mut fx = ((sx - fx0) * ONE as f32).round() as i32;
-                let mut fy = ((sy - fy0) * ONE as f32).round() as i32;
-                if fx == ONE {
-                    x0 += 1;
-                    fx = 0;
+                    if run.len > 0 {
+                        out.runs.push(run);
+                    }
+                    run = Run { kind, len: 1 };
                 }
-                if fy == ONE {
-                    y0 += 1;
-                    fy = 0;
-                }
-                taps.push(Tap {
-                    x0,
-                    y0,
-                    fx: fx as u16,
-                    fy: fy as u16,
-                });
             }
         }
-        Self { w, h, border, taps }
+        if run.len > 0 {
+            out.runs.push(run);
+        }
+        out
+    }
+
+    fn classify(&self, t: &Tap) -> RunKind {
+        let (wi, hi) = (self.w as i32, self.h as i32);
+        if t.x0 >= 0 && t.y0 >= 0 && t.x0 < wi - 1 && t.y0 < hi - 1 {
+            return RunKind::Inside;
+        }
+        if self.border == Border::Fill {
+            let corners = [
+                (t.x0, t.y0),
+                (t.x0 + 1, t.y0),
+                (t.x0, t.y0 + 1),
+                (t.x0 + 1, t.y0 + 1),
+            ];
+            let reads_inside = corners
+                .iter()
+                .zip(t.weights())
+                .any(|(&(x, y), wt)| wt != 0 && x >= 0 && y >= 0 && x < wi && y < hi);
+            if !reads_inside {
+                return RunKind::Fill;
+            }
+        }
+        RunKind::Edge
     }
 
     /// Warps a pair of this map's size.
+    ///
+    /// # Panics
+    /// If the pair's size differs from the map's.
     pub fn apply(&self, src: &Pair) -> Pair {
         let (w, h) = src.image.dimensions();
         assert_eq!(
@@ -116,84 +242,36 @@ impl SampleMap {
             (self.w, self.h),
             "sample map size differs from the pair"
         );
-        let (wi, hi) = (w as i32, h as i32);
-        let wu = w as usize;
-        let img = src.image.as_raw();
-        let msk = src.mask.as_raw();
-        let mut out_img = vec![0u8; img.len()];
-        let mut out_msk = vec![0u8; msk.len()];
-        let half = 1i32 << (2 * FRAC_BITS - 1);
-        let shift = 2 * FRAC_BITS;
-        for ((t, out), om) in self
-            .taps
-            .iter()
-            .zip(out_img.chunks_exact_mut(3))
-            .zip(out_msk.iter_mut())
-        {
-            let (fx, fy) = (i32::from(t.fx), i32::from(t.fy));
-            let wts = [
-                (ONE - fx) * (ONE - fy),
-                fx * (ONE - fy),
-                (ONE - fx) * fy,
-                fx * fy,
-            ];
-            if t.x0 >= 0 && t.y0 >= 0 && t.x0 < wi - 1 && t.y0 < hi - 1 {
-                // All four taps inside: the common case, no border logic. Two 2-pixel slices
-                // let the compiler drop the per-tap bounds checks.
-                let p = t.y0 as usize * wu + t.x0 as usize;
-                let top = &img[p * 3..p * 3 + 6];
-                let bot = &img[(p + wu) * 3..(p + wu) * 3 + 6];
-                for c in 0..3 {
-                    let v = wts[0] * i32::from(top[c])
-                        + wts[1] * i32::from(top[c + 3])
-                        + wts[2] * i32::from(bot[c])
-                        + wts[3] * i32::from(bot[c + 3]);
-                    out[c] = ((v + half) >> shift) as u8;
+        let n = (w * h) as usize;
+        let mut out_img = vec![0u8; n * 3];
+        let mut out_msk = vec![0u8; n];
+        let (mut at, mut inside, mut edge) = (0usize, 0usize, 0usize);
+        for run in &self.runs {
+            let len = run.len as usize;
+            let img = &mut out_img[at * 3..(at + len) * 3];
+            let msk = &mut out_msk[at..at + len];
+            match run.kind {
+                RunKind::Inside => {
+                    sample_inside(src, &self.inside[inside..inside + len], img, msk);
+                    inside += len;
                 }
-                let mt = &msk[p..p + 2];
-                let mb = &msk[p + wu..p + wu + 2];
-                if (mt[0] | mt[1] | mb[0] | mb[1]) >= 128 {
-                    let on = |v: u8| i32::from(v >= 128);
-                    let m = wts[0] * on(mt[0])
-                        + wts[1] * on(mt[1])
-                        + wts[2] * on(mb[0])
-                        + wts[3] * on(mb[1]);
-                    // Mask: the bilinear {0,1} field thresholded at 0.5.
-                    *om = if m >= half { 255 } else { 0 };
-                }
-                continue;
-            }
-            let mut acc = [half; 3];
-            let mut m = 0i32;
-            let corners = [
-                (t.x0, t.y0),
-                (t.x0 + 1, t.y0),
-                (t.x0, t.y0 + 1),
-                (t.x0 + 1, t.y0 + 1),
-            ];
-            for (k, &(x, y)) in corners.iter().enumerate() {
-                if wts[k] == 0 {
-                    continue;
-                }
-                let inside = x >= 0 && y >= 0 && x < wi && y < hi;
-                if !inside && self.border == Border::Fill {
-                    for (a, f) in acc.iter_mut().zip(src.fill.0) {
-                        *a += wts[k] * i32::from(f);
+                RunKind::Fill => {
+                    for px in img.chunks_exact_mut(3) {
+                        px.copy_from_slice(&src.fill.0);
                     }
-                    continue;
                 }
-                let o = y.clamp(0, hi - 1) as usize * wu + x.clamp(0, wi - 1) as usize;
-                for (a, v) in acc.iter_mut().zip(&img[o * 3..o * 3 + 3]) {
-                    *a += wts[k] * i32::from(*v);
-                }
-                if msk[o] >= 128 {
-                    m += wts[k];
+                RunKind::Edge => {
+                    for ((t, px), m) in self.edge[edge..edge + len]
+                        .iter()
+                        .zip(img.chunks_exact_mut(3))
+                        .zip(msk.iter_mut())
+                    {
+                        sample_general(src, self.border, t, px, m);
+                    }
+                    edge += len;
                 }
             }
-            for (o, a) in out.iter_mut().zip(acc) {
-                *o = (a >> shift) as u8;
-            }
-            *om = if m >= half { 255 } else { 0 };
+            at += len;
         }
         Pair {
             image: RgbImage::from_raw(w, h, out_img).expect("buffer size"),
@@ -201,6 +279,214 @@ impl SampleMap {
             fill: src.fill,
         }
     }
+
+    /// The same warp with every pixel through the general sampler (the reference the fast paths
+    /// must equal byte for byte; for tests).
+    #[cfg(test)]
+    fn apply_general(&self, src: &Pair) -> Pair {
+        let (w, h) = (self.w, self.h);
+        let mut out = Pair {
+            image: RgbImage::new(w, h),
+            mask: GrayImage::new(w, h),
+            fill: src.fill,
+        };
+        let (mut inside, mut edge) = (self.inside.iter(), self.edge.iter());
+        let mut pixels = out
+            .image
+            .as_mut()
+            .chunks_exact_mut(3)
+            .zip(out.mask.as_mut().iter_mut());
+        for run in &self.runs {
+            for _ in 0..run.len {
+                let (px, m) = pixels.next().expect("map size");
+                let t = match run.kind {
+                    RunKind::Inside => {
+                        let t = inside.next().expect("inside tap");
+                        Tap {
+                            x0: (t.index % w) as i32,
+                            y0: (t.index / w) as i32,
+                            fx: t.fx,
+                            fy: t.fy,
+                        }
+                    }
+                    RunKind::Edge => *edge.next().expect("edge tap"),
+                    // Far enough outside that all four taps are.
+                    RunKind::Fill => Tap {
+                        x0: -3,
+                        y0: -3,
+                        fx: 0,
+                        fy: 0,
+                    },
+                };
+                sample_general(src, self.border, &t, px, m);
+            }
+        }
+        out
+    }
+}
+
+/// Bilinear gather of pixels whose four taps are inside `src`: SSE4.1 where the CPU has it, the
+/// portable loop otherwise. Both compute the same integers as [`sample_general`].
+fn sample_inside(src: &Pair, taps: &[InsideTap], img: &mut [u8], msk: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.1") {
+        // SAFETY: the CPU supports SSE4.1 (checked just above).
+        unsafe { x86::sample_inside_sse41(src, taps, img, msk) };
+        return;
+    }
+    sample_inside_scalar(src, taps, img, msk)
+}
+
+/// The portable form of [`sample_inside`]. The sum is factored as (ONE - fy) * top + fy * bottom,
+/// with top and bottom the horizontal interpolations: the same integer as the four-weight sum of
+/// [`sample_general`], so the bytes are the same.
+fn sample_inside_scalar(src: &Pair, taps: &[InsideTap], img: &mut [u8], msk: &mut [u8]) {
+    let wu = src.image.width() as usize;
+    let s_img = src.image.as_raw().as_slice();
+    for ((t, px), m) in taps.iter().zip(img.chunks_exact_mut(3)).zip(msk.iter_mut()) {
+        let p = t.index as usize;
+        let (fx, fy) = (u32::from(t.fx), u32::from(t.fy));
+        let (gx, gy) = (ONE as u32 - fx, ONE as u32 - fy);
+        // Two 2-pixel slices let the compiler drop the per-tap bounds checks.
+        let top = &s_img[p * 3..p * 3 + 6];
+        let bot = &s_img[(p + wu) * 3..(p + wu) * 3 + 6];
+        for c in 0..3 {
+            let t = gx * u32::from(top[c]) + fx * u32::from(top[c + 3]);
+            let b = gx * u32::from(bot[c]) + fx * u32::from(bot[c + 3]);
+            px[c] = ((gy * t + fy * b + HALF as u32) >> SHIFT) as u8;
+        }
+        *m = sample_mask(src, t);
+    }
+}
+
+/// Mask of an inside pixel: the bilinear {0,1} field thresholded at 0.5 (0 or 255).
+#[inline]
+fn sample_mask(src: &Pair, t: &InsideTap) -> u8 {
+    let wu = src.mask.width() as usize;
+    let s_msk = src.mask.as_raw().as_slice();
+    let p = t.index as usize;
+    let mt = &s_msk[p..p + 2];
+    let mb = &s_msk[p + wu..p + wu + 2];
+    if (mt[0] | mt[1] | mb[0] | mb[1]) < 128 {
+        return 0;
+    }
+    let (fx, fy) = (u32::from(t.fx), u32::from(t.fy));
+    let (gx, gy) = (ONE as u32 - fx, ONE as u32 - fy);
+    let on = |v: u8| u32::from(v >= 128);
+    let top = gx * on(mt[0]) + fx * on(mt[1]);
+    let bot = gx * on(mb[0]) + fx * on(mb[1]);
+    if gy * top + fy * bot >= HALF as u32 {
+        255
+    } else {
+        0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{sample_inside_scalar, sample_mask, InsideTap, Pair, HALF, ONE, SHIFT};
+    use std::arch::x86_64::*;
+
+    /// [`super::sample_inside`] with one pixel's three channels in the lanes of SSE registers:
+    /// vertical interpolation of the two columns with one `madd` (pairs top/bottom times
+    /// (ONE - fy, fy)), then the horizontal one in 32-bit lanes. Same integers as the scalar form.
+    ///
+    /// # Safety
+    /// The CPU must support SSE4.1.
+    #[target_feature(enable = "sse4.1")]
+    pub(super) unsafe fn sample_inside_sse41(
+        src: &Pair,
+        taps: &[InsideTap],
+        img: &mut [u8],
+        msk: &mut [u8],
+    ) {
+        let wu = src.image.width() as usize;
+        let s_img = src.image.as_raw().as_slice();
+        let zero = _mm_setzero_si128();
+        let half = _mm_set1_epi32(HALF);
+        for ((t, px), m) in taps.iter().zip(img.chunks_exact_mut(3)).zip(msk.iter_mut()) {
+            let p = t.index as usize;
+            // 8-byte loads: two pixels and two bytes more. The last pixels of the picture have no
+            // two bytes more; they take the portable path.
+            let (Some(top), Some(bot)) = (
+                s_img.get(p * 3..p * 3 + 8),
+                s_img.get((p + wu) * 3..(p + wu) * 3 + 8),
+            ) else {
+                sample_inside_scalar(src, std::slice::from_ref(t), px, std::slice::from_mut(m));
+                continue;
+            };
+            let (fx, fy) = (i32::from(t.fx), i32::from(t.fy));
+            // SAFETY: `top` and `bot` are 8 readable bytes (unaligned loads).
+            let (top, bot) = unsafe {
+                (
+                    _mm_loadl_epi64(top.as_ptr().cast()),
+                    _mm_loadl_epi64(bot.as_ptr().cast()),
+                )
+            };
+            // u16 lanes: top = [r0 g0 b0 r1 g1 b1 . .], bottom likewise.
+            let top = _mm_unpacklo_epi8(top, zero);
+            let bot = _mm_unpacklo_epi8(bot, zero);
+            // Interleaved top/bottom: [r0 R0 g0 G0 b0 B0 r1 R1], [g1 G1 b1 B1 . . . .].
+            let lo = _mm_unpacklo_epi16(top, bot);
+            let hi = _mm_unpackhi_epi16(top, bot);
+            let wy = _mm_set1_epi32((fy << 16) | (ONE - fy));
+            // Left column [r g b] (and the right column's red in lane 3), right column [g b].
+            let left = _mm_madd_epi16(lo, wy);
+            let rest = _mm_madd_epi16(hi, wy);
+            let right = _mm_or_si128(_mm_srli_si128::<12>(left), _mm_slli_si128::<4>(rest));
+            let v = _mm_add_epi32(
+                _mm_mullo_epi32(left, _mm_set1_epi32(ONE - fx)),
+                _mm_mullo_epi32(right, _mm_set1_epi32(fx)),
+            );
+            let v = _mm_srli_epi32::<{ SHIFT as i32 }>(_mm_add_epi32(v, half));
+            let v = _mm_packus_epi16(_mm_packs_epi32(v, zero), zero);
+            let bytes = (_mm_cvtsi128_si32(v) as u32).to_le_bytes();
+            px.copy_from_slice(&bytes[..3]);
+            *m = sample_mask(src, t);
+        }
+    }
+}
+
+/// One output pixel, any tap position: taps outside read the fill colour (mask 0) or the nearest
+/// edge pixel, as `border` says; taps with zero weight are not read.
+fn sample_general(src: &Pair, border: Border, t: &Tap, out: &mut [u8], om: &mut u8) {
+    let (w, h) = src.image.dimensions();
+    let (wi, hi) = (w as i32, h as i32);
+    let wu = w as usize;
+    let img = src.image.as_raw();
+    let msk = src.mask.as_raw();
+    let wts = t.weights();
+    let mut acc = [HALF; 3];
+    let mut m = 0i32;
+    let corners = [
+        (t.x0, t.y0),
+        (t.x0 + 1, t.y0),
+        (t.x0, t.y0 + 1),
+        (t.x0 + 1, t.y0 + 1),
+    ];
+    for (k, &(x, y)) in corners.iter().enumerate() {
+        if wts[k] == 0 {
+            continue;
+        }
+        let inside = x >= 0 && y >= 0 && x < wi && y < hi;
+        if !inside && border == Border::Fill {
+            for (a, f) in acc.iter_mut().zip(src.fill.0) {
+                *a += wts[k] * i32::from(f);
+            }
+            continue;
+        }
+        let o = y.clamp(0, hi - 1) as usize * wu + x.clamp(0, wi - 1) as usize;
+        for (a, v) in acc.iter_mut().zip(&img[o * 3..o * 3 + 3]) {
+            *a += wts[k] * i32::from(*v);
+        }
+        if msk[o] >= 128 {
+            m += wts[k];
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = (a >> SHIFT) as u8;
+    }
+    *om = if m >= HALF { 255 } else { 0 };
 }
 
 /// The identity map (for tests and as a building block).
@@ -244,6 +530,176 @@ mod tests {
         assert!(f.mask.pixels().all(|m| m[0] == 0));
         let c = remap(&p, &far, Border::Clamp);
         assert!(c.image.pixels().all(|px| *px == *p.image.get_pixel(0, 5)));
+    }
+
+    /// A smooth but non-affine map that reaches past every border (for the exactness tests).
+    fn wavy(n: f32) -> impl Fn(usize, &mut [[f32; 2]]) {
+        move |y: usize, o: &mut [[f32; 2]]| {
+            for (x, c) in o.iter_mut().enumerate() {
+                let (xf, yf) = (x as f32, y as f32);
+                *c = [
+                    (xf - n / 2.0) * 1.3 + n / 2.0 + 3.0 * (yf * 0.37).sin(),
+                    (yf - n / 2.0) * 1.2 + n / 2.0 + 0.7 * xf.cos() + 0.1234,
+                ];
+            }
+        }
+    }
+
+    fn noisy_pair(n: u32) -> Pair {
+        let mut s = 12345u32;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        let image = RgbImage::from_fn(n, n, |x, y| {
+            let r = next();
+            Rgb([(x * 4) as u8 ^ (r as u8 & 7), (y * 3) as u8, (r >> 8) as u8])
+        });
+        let mask = GrayImage::from_fn(n, n, |_, _| {
+            image::Luma([if next() % 3 == 0 { 255 } else { 0 }])
+        });
+        Pair {
+            image,
+            mask,
+            fill: Rgb([200, 100, 50]),
+        }
+    }
+
+    #[test]
+    fn fast_paths_equal_the_general_sampler() {
+        let p = noisy_pair(48);
+        let rotate = |y: usize, o: &mut [[f32; 2]]| {
+            let (s, c) = 0.5f32.sin_cos();
+            for (x, v) in o.iter_mut().enumerate() {
+                let (dx, dy) = (x as f32 - 23.5, y as f32 - 23.5);
+                *v = [c * dx - s * dy + 23.5, s * dx + c * dy + 23.5];
+            }
+        };
+        for border in [Border::Fill, Border::Clamp] {
+            for map in [&wavy(48.0) as &dyn CoordMap, &rotate, &identity_row] {
+                let m = SampleMap::new(48, 48, map, border);
+                let general = m.apply_general(&p);
+                assert_eq!(m.apply(&p), general, "{border:?}");
+                // The portable loop too (apply takes the SIMD one where the CPU has it).
+                let mut img = vec![0u8; 48 * 48 * 3];
+                let mut msk = vec![0u8; 48 * 48];
+                let (mut at, mut k) = (0, 0);
+                for r in &m.runs {
+                    let len = r.len as usize;
+                    if r.kind == RunKind::Inside {
+                        sample_inside_scalar(
+                            &p,
+                            &m.inside[k..k + len],
+                            &mut img[at * 3..(at + len) * 3],
+                            &mut msk[at..at + len],
+                        );
+                        assert_eq!(
+                            img[at * 3..(at + len) * 3],
+                            general.image.as_raw()[at * 3..(at + len) * 3]
+                        );
+                        assert_eq!(msk[at..at + len], general.mask.as_raw()[at..at + len]);
+                        k += len;
+                    }
+                    at += len;
+                }
+            }
+        }
+        // The wavy map exercises all three kinds of run.
+        let m = SampleMap::new(48, 48, &wavy(48.0), Border::Fill);
+        for kind in [RunKind::Inside, RunKind::Fill, RunKind::Edge] {
+            assert!(m.runs.iter().any(|r| r.kind == kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn tap_rounding_matches_floor_and_round() {
+        let mut xs = vec![
+            -3.5f32, -3.0, -2.999, -0.5, -0.0, 0.0, 0.499, 0.5, 1.998_047, 513.0,
+        ];
+        xs.extend((0..2000).map(|i| i as f32 * 0.2573 - 5.0));
+        xs.extend((0..256).map(|i| 7.0 + (i as f32 + 0.5) / 256.0));
+        for s in xs {
+            let c = if s.is_nan() {
+                -3.0
+            } else {
+                s.clamp(-3.0, 514.0)
+            };
+            let fl = c.floor();
+            let mut want = (fl as i32, ((c - fl) * 256.0).round() as i32);
+            if want.1 == 256 {
+                want = (want.0 + 1, 0);
+            }
+            let (i, f) = split(s, 514.0);
+            assert_eq!((i, i32::from(f)), want, "{s}");
+        }
+    }
+
+    /// Oracle: imageproc's bilinear `warp_with`, run on the image in f32 (so that its own
+    /// truncations to u8 do not count), on pixels whose four taps are inside. Ours has 1/256-pixel
+    /// weights and rounds to u8, so it may differ by one level.
+    #[test]
+    fn remap_matches_imageproc_warp_with_within_one() {
+        use imageproc::geometric_transformations::{warp_with, Interpolation};
+        let n = 64;
+        // A smooth picture, like a photograph at this scale.
+        let image = RgbImage::from_fn(n, n, |x, y| {
+            let (xf, yf) = (x as f32, y as f32);
+            Rgb([
+                (128.0 + 100.0 * (xf / 7.0).sin() * (yf / 5.0).cos()) as u8,
+                (x * 3 + y) as u8,
+                (200.0 - 2.5 * yf) as u8,
+            ])
+        });
+        let p = Pair {
+            mask: GrayImage::new(n, n),
+            image,
+            fill: Rgb([0, 0, 0]),
+        };
+        let map = wavy(n as f32);
+        let ours = remap(&p, &map, Border::Fill);
+        let mut row = vec![[0f32; 2]; n as usize];
+        let coords: Vec<Vec<[f32; 2]>> = (0..n as usize)
+            .map(|y| {
+                map(y, &mut row);
+                row.clone()
+            })
+            .collect();
+        let float: image::Rgb32FImage =
+            image::DynamicImage::ImageRgb8(p.image.clone()).into_rgb32f();
+        let float = image::ImageBuffer::from_fn(n, n, |x, y| {
+            let v = float.get_pixel(x, y);
+            Rgb([v[0] * 255.0, v[1] * 255.0, v[2] * 255.0])
+        });
+        let theirs = warp_with(
+            &float,
+            |x, y| {
+                let [sx, sy] = coords[y as usize][x as usize];
+                (sx, sy)
+            },
+            Interpolation::Bilinear,
+            Rgb([0.0, 0.0, 0.0]),
+        );
+        let mut compared = 0;
+        for (y, row) in coords.iter().enumerate() {
+            for (x, &[sx, sy]) in row.iter().enumerate() {
+                let inside = sx >= 0.0 && sy >= 0.0 && sx < (n - 1) as f32 && sy < (n - 1) as f32;
+                if !inside {
+                    continue;
+                }
+                let (a, b) = (
+                    ours.image.get_pixel(x as u32, y as u32),
+                    theirs.get_pixel(x as u32, y as u32),
+                );
+                for c in 0..3 {
+                    let d = (f32::from(a[c]) - b[c]).abs();
+                    assert!(d <= 1.0, "({x}, {y}) channel {c}: {} vs {}", a[c], b[c]);
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > (n * n / 2) as usize, "{compared}");
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct GenerateArgs {
     /// Replace an output folder that holds a different run.
     #[arg(long)]
     pub force: bool,
-    /// Continue an interrupted run: keep files that match their recorded hash, redo the rest.
+    /// Continue an interrupted run: keep files that match their recorded hash, redo the rest
+    /// (`all`: and continue training from the last saved epoch).
     #[arg(long)]
     pub resume: bool,
 }

@@ -122,7 +122,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("preview -> {}", sheet.display());
             sheets.push(sheet);
             if !a.no_train {
-                training::train(&cfg, a.device, false)?;
+                // `all --resume` continues training from the last saved epoch too.
+                training::train(&cfg, a.device, a.generate.resume)?;
                 training::evaluate(&cfg, a.device)?;
                 training::infer(&cfg, a.device, None, None)?;
             }

@@ -341,10 +341,10 @@ fn trained(c: &Case) {
 fn checkpoint_that_is_corrupt() {
     let c = Case::new(4);
     trained(&c);
-    let best = c.out().join("t/train/best.safetensors");
+    let best = c.out().join("t/train/epochs/0001/weights.safetensors");
     std::fs::write(&best, b"garbage").unwrap();
     let out = pipeline(&["evaluate", "--config", c.cfg(), "--device", "cpu"]);
-    assert_fails(&out, &["best.safetensors"], &c.out());
+    assert_fails(&out, &["epochs/0001/weights.safetensors"], &c.out());
 }
 
 #[cfg(feature = "train")]

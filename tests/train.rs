@@ -188,12 +188,13 @@ fn training_writes_every_output_and_same_seed_gives_same_curve() {
     assert_eq!(report.device, Device::Cpu);
     assert_eq!(report.history.len(), 2);
     let dir = cfg.run_dir().join("train");
+    let pointer = checkpoint::read_pointer(&dir).unwrap().unwrap();
+    assert_eq!((pointer.last, pointer.best), (2, report.best_epoch));
     for f in [
-        "best.safetensors",
-        "best.json",
-        "last.safetensors",
-        "last.json",
-        "last.optim.safetensors",
+        "checkpoint.json",
+        "epochs/0002/weights.safetensors",
+        "epochs/0002/optimizer.safetensors",
+        "epochs/0002/state.json",
         "train_curves.png",
         "Epoch_1_s00_rotate_20.jpg",
         "Epoch_2_s01_rotate_20.jpg",
@@ -247,7 +248,8 @@ fn resume_continues_exactly_where_the_run_stopped() {
         assert!((a.val_loss - b.val_loss).abs() < 1e-6, "{a:?} vs {b:?}");
         assert_eq!(a.lr, b.lr);
     }
-    let state: TrainState = checkpoint::read_state(&cfg.run_dir().join("train/last.json")).unwrap();
+    let state: TrainState =
+        checkpoint::read_state(&cfg.run_dir().join("train/epochs/0003/state.json")).unwrap();
     assert_eq!(state.epoch, 3);
     assert_eq!(state.optimizer_step, 9); // 3 epochs x 3 steps of 4
                                          // Nothing left to do: a second resume returns at once.
@@ -272,7 +274,7 @@ fn checkpoint_reload_gives_identical_predictions() {
     state.epoch = 1;
     state.best_epoch = 1;
     state.best_val_loss = 1.0;
-    checkpoint::save(tmp.path(), "best", &net.vs, &state).unwrap();
+    checkpoint::commit_epoch(tmp.path(), &net.vs, &Adam::new(&net.vs, 1e-3), &state).unwrap();
 
     tch::manual_seed(12); // different initial weights, overwritten by the load
     let (net2, loaded) = Model::load(&model, SIZE, tmp.path(), "best", Device::Cpu).unwrap();
@@ -293,13 +295,16 @@ fn checkpoint_reload_gives_identical_predictions() {
     );
     // Without the JSON, the tensor shape check still catches it.
     let mut net4 = Model::build(&tiny(2), Device::Cpu);
-    let err =
-        checkpoint::load_weights(&mut net4.vs, &tmp.path().join("best.safetensors"), &tiny(2))
-            .unwrap_err();
+    let err = checkpoint::load_weights(
+        &mut net4.vs,
+        &tmp.path().join("epochs/0001/weights.safetensors"),
+        &tiny(2),
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("levels=2"), "{err:#}");
 
     // A checkpoint of an architecture this build does not know is refused, naming it.
-    let json = tmp.path().join("best.json");
+    let json = tmp.path().join("epochs/0001/state.json");
     let text = read(json.clone());
     assert!(text.contains(r#""arch": "unet""#), "{text}");
     std::fs::write(
@@ -310,7 +315,7 @@ fn checkpoint_reload_gives_identical_predictions() {
     let err = Model::load(&model, SIZE, tmp.path(), "best", Device::Cpu).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("segformer") && msg.contains("best.json"),
+        msg.contains("segformer") && msg.contains("state.json"),
         "{msg}"
     );
 }
@@ -545,12 +550,9 @@ fn bad_inputs_give_errors_that_name_the_problem() {
         )
     };
 
-    // Resume without a checkpoint.
-    let err = format!(
-        "{:#}",
-        train_run(&cfg, DeviceChoice::Cpu, true).unwrap_err()
-    );
-    assert!(err.contains("last.json"), "{err}");
+    // Resume with nothing saved yet: a fresh start.
+    let fresh = train_run(&cfg, DeviceChoice::Cpu, true).unwrap();
+    assert_eq!(fresh.history.len(), 1);
 
     // Missing split folder.
     std::fs::rename(run.join("dataset/valid"), tmp.path().join("valid")).unwrap();
@@ -600,7 +602,8 @@ fn bad_inputs_give_errors_that_name_the_problem() {
         err.contains("training stopped: the") && err.contains("loss became"),
         "{err}"
     );
-    assert!(!run.join("train/last.safetensors").exists());
+    assert!(!run.join("train/checkpoint.json").exists());
+    assert!(!run.join("train/epochs").exists());
 
     // Image size that does not fit the model.
     let mut odd = cfg.clone();
@@ -610,7 +613,7 @@ fn bad_inputs_give_errors_that_name_the_problem() {
     // Evaluate before training.
     let err = format!("{:#}", evaluate_run(&cfg, DeviceChoice::Cpu).unwrap_err());
     assert!(
-        err.contains("best.safetensors") && err.contains("pipeline train"),
+        err.contains("checkpoint.json") && err.contains("pipeline train"),
         "{err}"
     );
 

@@ -1,22 +1,28 @@
-//! Checkpoints: `<name>.safetensors` (the VarStore, fp32) + `<name>.json` (the model config with
-//! its `arch`, the image size, and the loop state `--resume` needs) + for `last`,
-//! `last.optim.safetensors` (Adam's moment estimates). Loading checks the model config first, so
-//! a checkpoint of another architecture or shape gives an error naming both instead of a tensor
+//! Checkpoints, committed as one unit per epoch: `<train>/epochs/<epoch>/` holds
+//! `weights.safetensors` (the VarStore, fp32), `optimizer.safetensors` (Adam's moment estimates)
+//! and `state.json` (the model config with its `arch`, the image size, the loop state `--resume`
+//! needs, the hash of the training data); `<train>/checkpoint.json`, switched atomically after
+//! the three are written, names the `last` and the `best` epoch. Readers follow only the
+//! pointer, so they never see a half-written set. Loading checks the model config first, so a
+//! checkpoint of another architecture or shape gives an error naming both instead of a tensor
 //! copy failure.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::Tensor;
 
-use crate::io::write_atomic_with;
-use crate::io::write_json;
+use super::adam::Adam;
+use crate::io::{write_atomic_with, write_json};
 use crate::train_config::{ModelConfig, TrainConfig};
 
-pub const FORMAT: &str = "fundus-pipeline/checkpoint/v1";
+/// Format tag of [`TrainState`] files.
+pub const FORMAT: &str = "fundus-pipeline/checkpoint/v2";
 
 /// One finished epoch (the CSV rows and the curves are drawn from these).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,6 +59,9 @@ pub struct TrainState {
     pub plateau_wait: usize,
     pub stopped_early: bool,
     pub history: Vec<EpochRow>,
+    /// blake3 over the train and valid pairs the run trains on (names and bytes,
+    /// [`super::data::split_hash`]); `--resume` refuses when they changed.
+    pub data_hash: String,
 }
 
 impl TrainState {
@@ -71,6 +80,7 @@ impl TrainState {
             plateau_wait: 0,
             stopped_early: false,
             history: Vec::new(),
+            data_hash: String::new(),
         }
     }
 
@@ -99,28 +109,184 @@ impl TrainState {
     }
 }
 
-pub fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{name}.safetensors")),
-        dir.join(format!("{name}.json")),
-    )
+/// The commit pointer in the training folder: which epoch folders hold the last and the best
+/// complete checkpoint set. Written last, atomically: the commit.
+pub const POINTER: &str = "checkpoint.json";
+/// Folder of the epoch folders (`epochs/0003/`).
+pub const EPOCHS: &str = "epochs";
+/// File names inside an epoch folder.
+pub const WEIGHTS: &str = "weights.safetensors";
+/// Adam's moment estimates.
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// The [`TrainState`].
+pub const STATE: &str = "state.json";
+const POINTER_FORMAT: &str = "fundus-pipeline/checkpoint-pointer/v1";
+
+/// Environment variable of the crash tests: `PIPELINE_ABORT_AT_COMMIT=N` aborts the process
+/// (like a kill) at the N-th commit point of a training run ([`commit_point`]).
+pub const ABORT_ENV: &str = "PIPELINE_ABORT_AT_COMMIT";
+
+/// Marks that one more piece of a training run's output is on disk. With [`ABORT_ENV`] set to N,
+/// the N-th call aborts the process: the crash tests kill a run after every write this way.
+pub fn commit_point(what: &str) {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static TARGET: OnceLock<Option<usize>> = OnceLock::new();
+    let target = TARGET.get_or_init(|| std::env::var(ABORT_ENV).ok()?.parse().ok());
+    let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+    if *target == Some(n) {
+        eprintln!("{ABORT_ENV}={n}: aborting after {what}");
+        std::process::abort();
+    }
 }
 
-pub fn optim_path(dir: &Path) -> PathBuf {
-    dir.join("last.optim.safetensors")
+/// The content of [`POINTER`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pointer {
+    format: String,
+    /// The last finished epoch (its folder holds the optimizer state `--resume` needs).
+    pub last: usize,
+    /// The epoch of the lowest validation loss.
+    pub best: usize,
 }
 
-/// Writes `<name>.safetensors` then `<name>.json` (each atomically; the JSON goes last, so a JSON
-/// always describes weights at least as new as itself).
-pub fn save(dir: &Path, name: &str, vs: &VarStore, state: &TrainState) -> Result<()> {
-    let (weights, json) = paths(dir, name);
-    write_atomic_with(&weights, |tmp| {
+/// `<dir>/epochs/<epoch, 4 digits>`.
+pub fn epoch_dir(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(EPOCHS).join(format!("{epoch:04}"))
+}
+
+/// Reads the commit pointer of training folder `dir`; `None` when no epoch was committed.
+pub fn read_pointer(dir: &Path) -> Result<Option<Pointer>> {
+    let path = dir.join(POINTER);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let p: Pointer = serde_json::from_str(&text)
+        .with_context(|| format!("invalid checkpoint pointer {}", path.display()))?;
+    if p.format != POINTER_FORMAT {
+        bail!(
+            "checkpoint pointer {} has format {:?}, expected {POINTER_FORMAT:?}",
+            path.display(),
+            p.format
+        );
+    }
+    Ok(Some(p))
+}
+
+/// The epoch folder of checkpoint `name` (`best` or `last`) in training folder `dir`. Errors: no
+/// committed epoch (names the folder and says to train first), another name.
+pub fn resolve(dir: &Path, name: &str) -> Result<PathBuf> {
+    let Some(p) = read_pointer(dir)? else {
+        let legacy = dir.join(format!("{name}.safetensors"));
+        if legacy.is_file() {
+            bail!(
+                "no checkpoint in {}: {} was written by an older version of this tool (no {POINTER}); \
+                 train again (`pipeline train`)",
+                dir.display(),
+                legacy.display()
+            );
+        }
+        bail!(
+            "no checkpoint in {} ({POINTER} is missing: run `pipeline train` first)",
+            dir.display()
+        );
+    };
+    match name {
+        "best" => Ok(epoch_dir(dir, p.best)),
+        "last" => Ok(epoch_dir(dir, p.last)),
+        _ => bail!("unknown checkpoint {name:?} (expected `best` or `last`)"),
+    }
+}
+
+/// Commits the checkpoint set of the finished epoch `state.epoch` as one unit: weights, Adam's
+/// moments and the state go into a fresh `epochs/<epoch>/` (each file atomically; leftovers of
+/// an interrupted attempt at the same epoch are replaced), then the pointer is switched to it
+/// (the commit; `best` moves to it when `state.best_epoch` is this epoch), then epoch folders
+/// that neither `last` nor `best` names are removed. A kill before the switch leaves the
+/// previous set in force; readers follow only the pointer.
+pub fn commit_epoch(dir: &Path, vs: &VarStore, opt: &Adam, state: &TrainState) -> Result<()> {
+    let folder = epoch_dir(dir, state.epoch);
+    remove_epoch_dir(&folder)?;
+    std::fs::create_dir_all(&folder)
+        .with_context(|| format!("cannot create checkpoint folder {}", folder.display()))?;
+    write_atomic_with(&folder.join(WEIGHTS), |tmp| {
         vs.save(tmp)
             .with_context(|| format!("cannot save weights to {}", tmp.display()))
     })?;
-    write_json(&json, state)
+    commit_point("weights");
+    write_atomic_with(&folder.join(OPTIMIZER), |tmp| opt.save(tmp))?;
+    commit_point("optimizer state");
+    write_json(&folder.join(STATE), state)?;
+    commit_point("training state");
+    let pointer = Pointer {
+        format: POINTER_FORMAT.to_string(),
+        last: state.epoch,
+        best: state.best_epoch,
+    };
+    write_json(&dir.join(POINTER), &pointer)?;
+    commit_point("checkpoint pointer");
+    remove_uncommitted(dir, Some(&pointer))?;
+    commit_point("old epoch folders removed");
+    Ok(())
 }
 
+/// Removes the epoch folders the pointer does not name (all of them without a pointer): older
+/// sets, and the partial set of an interrupted epoch. Only folders named like an epoch, and
+/// only the files this module writes in them, are removed; anything else stays (and keeps its
+/// folder).
+pub fn remove_uncommitted(dir: &Path, pointer: Option<&Pointer>) -> Result<()> {
+    let epochs = dir.join(EPOCHS);
+    let entries = match std::fs::read_dir(&epochs) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", epochs.display())),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", epochs.display()))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    for name in names {
+        let Ok(epoch) = name.parse::<usize>() else {
+            continue;
+        };
+        if format!("{epoch:04}") != name {
+            continue; // not a folder this module names
+        }
+        if pointer.is_some_and(|p| p.last == epoch || p.best == epoch) {
+            continue;
+        }
+        remove_epoch_dir(&epochs.join(&name))?;
+    }
+    let _ = std::fs::remove_dir(&epochs); // only when empty
+    Ok(())
+}
+
+/// Removes the files of one epoch folder (and its temporaries), then the folder when empty.
+fn remove_epoch_dir(folder: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", folder.display())),
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot read {}", folder.display()))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if [WEIGHTS, OPTIMIZER, STATE].contains(&name) || name.starts_with(".tmp-") {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir(folder); // kept when something else is in it
+    Ok(())
+}
+
+/// Reads and checks a [`TrainState`] file.
 pub fn read_state(json: &Path) -> Result<TrainState> {
     let text = std::fs::read_to_string(json)
         .with_context(|| format!("cannot read checkpoint state {}", json.display()))?;
@@ -136,16 +302,13 @@ pub fn read_state(json: &Path) -> Result<TrainState> {
     Ok(state)
 }
 
-/// Loads checkpoint `name` from `dir` into `vs` (built for `model`); returns its state.
+/// Loads checkpoint `name` (`best` or `last`) of training folder `dir` into `vs` (built for
+/// `model`); returns its state. Errors: nothing committed, a state of another architecture or
+/// shape (both named), weights that do not fit.
 pub fn load(dir: &Path, name: &str, vs: &mut VarStore, model: &ModelConfig) -> Result<TrainState> {
-    let (weights, json) = paths(dir, name);
-    if !weights.is_file() {
-        bail!(
-            "no checkpoint at {} (run `pipeline train` first)",
-            weights.display()
-        );
-    }
-    let state = read_state(&json)?;
+    let folder = resolve(dir, name)?;
+    let weights = folder.join(WEIGHTS);
+    let state = read_state(&folder.join(STATE))?;
     if &state.model != model {
         bail!(
             "checkpoint {} was trained with model {{{}}}, but the config asks for model {{{}}}: \

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::io::open_image;
+use crate::io::{hash_file, open_image};
 
 /// One image/mask pair of a split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,30 @@ fn list(names: &[&str]) -> String {
         s.push_str(&format!(", ... ({} in all)", names.len()));
     }
     s
+}
+
+/// blake3 over the pairs of `splits` (name, then for each pair its stem, file names and the
+/// blake3 of both files' bytes), hex: what `--resume` compares to find changed training data.
+/// Errors: a file that cannot be read (named).
+pub fn split_hash(splits: &[(&str, &[Sample])]) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    for (name, samples) in splits {
+        let hashes: Vec<(String, String)> = samples
+            .par_iter()
+            .map(|s| Ok((hash_file(&s.image)?, hash_file(&s.mask)?)))
+            .collect::<Result<_>>()?;
+        h.update(format!("split {name} {}\n", samples.len()).as_bytes());
+        for (s, (hi, hm)) in samples.iter().zip(hashes) {
+            let line = format!(
+                "{} {} {hi} {} {hm}\n",
+                s.stem,
+                file_name(&s.image),
+                file_name(&s.mask)
+            );
+            h.update(line.as_bytes());
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// Decodes one pair: RGB image and a {0,1} mask, both `size` x `size`.

@@ -93,7 +93,7 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
         |f: fn(&Confusion) -> Option<f64>| mean_defined(report.per_image.iter().map(|(_, c)| f(c)));
     let summary = json!({
         "schema": "fundus-pipeline/evaluation/v1",
-        "checkpoint": checkpoint::paths(&ckpt_dir, "best").0,
+        "checkpoint": checkpoint::resolve(&ckpt_dir, "best")?.join(checkpoint::WEIGHTS),
         "checkpoint_epoch": state.epoch,
         "model": state.model,
         "threshold": THRESHOLD,

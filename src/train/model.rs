@@ -60,7 +60,8 @@ impl Model {
         }
     }
 
-    /// Builds `config` on `device` and loads checkpoint `<dir>/<name>.{safetensors,json}` into it.
+    /// Builds `config` on `device` and loads checkpoint `name` (`best` or `last`) of training
+    /// folder `dir` (`<run>/train`, see [`checkpoint`]) into it.
     /// Errors: no checkpoint (names the file and says to train first), a checkpoint of another
     /// architecture or shape (names both), trained on another image side than `size`.
     pub fn load(
@@ -75,7 +76,7 @@ impl Model {
         if state.size != size {
             bail!(
                 "checkpoint {} was trained on {}x{} images, but `generate.size` is {size}",
-                checkpoint::paths(dir, name).0.display(),
+                checkpoint::resolve(dir, name)?.display(),
                 state.size,
                 state.size
             );

@@ -11,7 +11,7 @@ use tch::{Device, Kind};
 use super::adam::Adam;
 use super::batches::eval_batches;
 use super::checkpoint::{self, EpochRow, TrainState};
-use super::data::{scan_split, Batch, Sample};
+use super::data::{scan_split, split_hash, Batch, Sample};
 use super::epoch::{epoch_order, torch_seed, train_epoch};
 use super::model::{param_count, Model};
 use super::{device, io, plot, probs_to_vec};
@@ -83,7 +83,7 @@ pub fn train_run(cfg: &Config, choice: DeviceChoice, resume: bool) -> Result<Tra
     }
     for epoch in s.st.epoch + 1..=t.epochs {
         let improved = s.run_epoch(epoch)?;
-        s.save_epoch(improved)?;
+        s.save_epoch()?;
         let row = s.st.history.last().expect("just pushed");
         println!(
             "epoch {epoch}/{}: loss {:.4} dice_coef {:.4} val_loss {:.4} val_dice_coef {:.4} lr {:.3e} \
@@ -155,33 +155,54 @@ impl<'a> Session<'a> {
             }
         );
 
-        let st = if resume {
-            let (_, json) = checkpoint::paths(&out, "last");
-            if !json.is_file() {
-                bail!(
-                    "--resume: no checkpoint state at {} (train without --resume first)",
-                    json.display()
+        let data_hash = split_hash(&[("train", &train), ("valid", &valid)])?;
+        let committed = checkpoint::read_pointer(&out)?;
+        let st = match committed {
+            Some(_) if resume => {
+                let st = checkpoint::load(&out, "last", &mut model.vs, &cfg.model)?;
+                let folder = checkpoint::resolve(&out, "last")?;
+                if st.size != size {
+                    bail!(
+                        "--resume: checkpoint {} was trained on {}x{} images, `generate.size` is {size}",
+                        folder.display(),
+                        st.size,
+                        st.size
+                    );
+                }
+                if st.data_hash != data_hash {
+                    bail!(
+                        "--resume: the training data changed since epoch {} was saved: the pairs of \
+                         {} and {} (names and bytes) no longer match the checkpoint's record \
+                         ({} in {}); train without --resume to start over, or restore the split",
+                        st.epoch,
+                        run.join("dataset/train").display(),
+                        run.join("dataset/valid").display(),
+                        st.data_hash,
+                        folder.join(checkpoint::STATE).display()
+                    );
+                }
+                opt.load(&folder.join(checkpoint::OPTIMIZER), st.optimizer_step)?;
+                opt.lr = st.lr;
+                // An interrupted epoch's partial set goes; the committed one stays.
+                checkpoint::remove_uncommitted(&out, committed.as_ref())?;
+                println!(
+                    "train: resuming after epoch {} (lr {:.3e}, best val_loss {:.4} at epoch {})",
+                    st.epoch, st.lr, st.best_val_loss, st.best_epoch
                 );
+                st
             }
-            let st = checkpoint::load(&out, "last", &mut model.vs, &cfg.model)?;
-            if st.size != size {
-                bail!(
-                    "--resume: checkpoint {} was trained on {}x{} images, `generate.size` is {size}",
-                    json.display(),
-                    st.size,
-                    st.size
-                );
+            _ => {
+                if resume {
+                    println!(
+                        "train: --resume: no epoch was saved in {} yet; starting at epoch 1",
+                        out.display()
+                    );
+                }
+                remove_previous_run(&out)?;
+                let mut st = TrainState::fresh(&cfg.model, size, t.learning_rate);
+                st.data_hash = data_hash;
+                st
             }
-            opt.load(&checkpoint::optim_path(&out), st.optimizer_step)?;
-            opt.lr = st.lr;
-            println!(
-                "train: resuming after epoch {} (lr {:.3e}, best val_loss {:.4} at epoch {})",
-                st.epoch, st.lr, st.best_val_loss, st.best_epoch
-            );
-            st
-        } else {
-            remove_previous_run(&out)?;
-            TrainState::fresh(&cfg.model, size, t.learning_rate)
         };
         let preview: Vec<&Sample> = valid.iter().take(t.preview_images).collect();
         let preview = if preview.is_empty() {
@@ -189,7 +210,7 @@ impl<'a> Session<'a> {
         } else {
             Some(Batch::load(&preview, size)?)
         };
-        Ok(Self {
+        let session = Self {
             cfg,
             out,
             train,
@@ -199,7 +220,13 @@ impl<'a> Session<'a> {
             compute,
             st,
             preview,
-        })
+        };
+        if session.st.epoch > 0 {
+            // A kill after the commit may have cut the derived files short: write them again
+            // from the committed state (same bytes as the first time).
+            session.write_outputs()?;
+        }
+        Ok(session)
     }
 
     /// One epoch: training steps, validation, the state's bookkeeping (best, reduce-on-plateau,
@@ -264,20 +291,23 @@ impl<'a> Session<'a> {
         Ok(improved)
     }
 
-    /// Saves the finished epoch: `best` when it improved, then Adam's moments and `last`, the
-    /// CSVs, the curves and the previews.
-    fn save_epoch(&self, improved: bool) -> Result<()> {
+    /// Saves the finished epoch: the checkpoint set as one unit ([`checkpoint::commit_epoch`]),
+    /// then the files derived from it (CSVs, curves, previews).
+    fn save_epoch(&self) -> Result<()> {
+        checkpoint::commit_epoch(&self.out, &self.model.vs, &self.opt, &self.st)?;
+        self.write_outputs()
+    }
+
+    /// The CSVs and curves of the history so far, and the previews of the current epoch.
+    fn write_outputs(&self) -> Result<()> {
         let out = &self.out;
-        if improved {
-            checkpoint::save(out, "best", &self.model.vs, &self.st)?;
-        }
-        crate::io::write_atomic_with(&checkpoint::optim_path(out), |tmp| self.opt.save(tmp))?;
-        checkpoint::save(out, "last", &self.model.vs, &self.st)?;
         write_csvs(out, &self.st.history)?;
         let curves = plot::curves(&self.st.history)?;
         write_atomic(&out.join("train_curves.png"), &encode_png_rgb(&curves)?)?;
+        checkpoint::commit_point("curves");
         if let Some(p) = &self.preview {
             write_previews(out, self.st.epoch, &self.model, p)?;
+            checkpoint::commit_point("previews");
         }
         Ok(())
     }
@@ -288,7 +318,7 @@ fn last_good(out: &Path, st: &TrainState) -> String {
     if st.epoch > 0 {
         format!(
             "the last good checkpoint is {} (epoch {}); try a lower `train.learning_rate`",
-            checkpoint::paths(out, "last").0.display(),
+            checkpoint::epoch_dir(out, st.epoch).display(),
             st.epoch
         )
     } else {
@@ -296,8 +326,16 @@ fn last_good(out: &Path, st: &TrainState) -> String {
     }
 }
 
-/// A fresh run replaces the outputs of an earlier one, so no stale checkpoint outlives it.
+/// A fresh run replaces the outputs of an earlier one, so no stale checkpoint outlives it. The
+/// pointer goes first: a kill part-way leaves no committed checkpoint, never a mix. Only the
+/// files a training run writes are removed (and those of the layout before `checkpoint.json`).
 fn remove_previous_run(out: &Path) -> Result<()> {
+    let pointer = out.join(checkpoint::POINTER);
+    if pointer.exists() {
+        std::fs::remove_file(&pointer)
+            .with_context(|| format!("cannot remove {}", pointer.display()))?;
+    }
+    checkpoint::remove_uncommitted(out, None)?;
     for entry in std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -331,7 +369,10 @@ fn write_csvs(out: &Path, rows: &[EpochRow]) -> Result<()> {
         ));
     }
     write_atomic(&out.join("train_losses.csv"), losses.as_bytes())?;
-    write_atomic(&out.join("train_metrics.csv"), metrics.as_bytes())
+    checkpoint::commit_point("train_losses.csv");
+    write_atomic(&out.join("train_metrics.csv"), metrics.as_bytes())?;
+    checkpoint::commit_point("train_metrics.csv");
+    Ok(())
 }
 
 /// `Epoch_<e>_<stem>.jpg`: input | ground truth | predicted probability, side by side.

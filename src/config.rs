@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::recipe_config::EvaluateConfig;
 use crate::train_config::{InferConfig, ModelConfig, TrainConfig};
 
 /// The whole run: where data comes from, what is generated, how it is split, and how the model is trained.
@@ -32,6 +33,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub infer: InferConfig,
+    pub evaluate: EvaluateConfig,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             train: TrainConfig::default(),
             infer: InferConfig::default(),
+            evaluate: EvaluateConfig::default(),
         }
     }
 }
@@ -404,6 +407,15 @@ impl Config {
             bail!("`split.train` must be > 0");
         }
         crate::train_config::validate(&self.model, &self.train, &self.infer)?;
+        crate::recipe_config::validate_evaluate(&self.evaluate)?;
+        if let Some(p) = self.train.patch_size {
+            if p > self.generate.size {
+                bail!(
+                    "`train.patch_size` ({p}) must be <= `generate.size` ({})",
+                    self.generate.size
+                );
+            }
+        }
         Ok(())
     }
 

@@ -12,10 +12,14 @@ pub mod font;
 pub mod generate;
 pub mod io;
 pub mod manifest;
+pub mod patches;
 pub mod plot;
 pub mod prep;
 pub mod preview;
+pub mod recipe_config;
 pub mod rng;
+pub mod scoring;
+pub mod sliding;
 pub mod split;
 pub mod stats;
 #[cfg(feature = "train")]

@@ -22,6 +22,7 @@ pub mod epoch;
 pub mod evaluate;
 pub mod infer;
 pub mod io;
+pub mod losses;
 pub mod metrics;
 pub mod model;
 pub mod plot;

@@ -20,11 +20,13 @@ pub mod data;
 pub mod device;
 pub mod epoch;
 pub mod evaluate;
+pub mod fullres;
 pub mod infer;
 pub mod io;
 pub mod losses;
 pub mod metrics;
 pub mod model;
+pub mod patch_data;
 pub mod plot;
 pub mod trainer;
 

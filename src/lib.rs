@@ -65,8 +65,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             training::train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
-            let cfg = load_for_training(&a.common)?;
-            training::evaluate(&cfg, a.device)?;
+            let mut cfg = load_for_training(&a.dev.common)?;
+            if a.images.is_some() || a.truth.is_some() {
+                cfg.evaluate.images = a.images.clone();
+                cfg.evaluate.truth = a.truth.clone();
+                recipe_config::validate_evaluate(&cfg.evaluate)?;
+            }
+            training::evaluate(&cfg, a.dev.device)?;
         }
         Command::Infer(a) => {
             let cfg = load_for_training(&a.dev.common)?;

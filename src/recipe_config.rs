@@ -3,6 +3,8 @@
 //! validate the same in every build. The keys live in `train`, `infer` and `evaluate`; this
 //! module holds their types, defaults (with their source) and range checks.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +60,11 @@ pub struct EvaluateConfig {
     pub fov: FovSource,
     /// Brightest-channel level (0..255) above which a pixel starts the estimated FOV of its row.
     pub fov_min_level: u8,
+    /// Score this folder of photographs instead of the test split's sources (with `truth`;
+    /// `pipeline evaluate --images`).
+    pub images: Option<PathBuf>,
+    /// Folder of their ground-truth confidence maps, paired by file stem (`--truth`).
+    pub truth: Option<PathBuf>,
 }
 
 impl Default for EvaluateConfig {
@@ -67,8 +74,22 @@ impl Default for EvaluateConfig {
             extra_gt_thresholds: vec![0.3],
             fov: FovSource::Auto,
             fov_min_level: crate::scoring::FOV_MIN_LEVEL,
+            images: None,
+            truth: None,
         }
     }
+}
+
+/// `train.input_norm`: a fixed per-channel affine map of the network input, x' = (x - mean) / std
+/// on the [0, 1] RGB scale (applied in training, validation, evaluation and inference alike).
+/// DIARETDB1 photographs are dark and low-contrast: inside the field of view the green channel
+/// has std ~0.06 and blue ~0.02 on [0, 1], and a hemorrhage is a local green dip of ~0.007; the
+/// reference feeds the raw [0, 1] (or 0..255) values.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputNorm {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
 }
 
 /// Defaults of the new `train` keys, with their source.
@@ -89,6 +110,25 @@ pub fn validate_evaluate(e: &EvaluateConfig) -> Result<()> {
     in_unit("evaluate.gt_threshold", e.gt_threshold)?;
     for (i, t) in e.extra_gt_thresholds.iter().enumerate() {
         in_unit(&format!("evaluate.extra_gt_thresholds[{i}]"), *t)?;
+    }
+    if e.images.is_some() != e.truth.is_some() {
+        bail!("`evaluate.images` and `evaluate.truth` go together (photographs and their ground truth)");
+    }
+    Ok(())
+}
+
+/// `train.input_norm`: finite means, positive stds.
+pub fn validate_input_norm(n: &InputNorm) -> Result<()> {
+    for c in 0..3 {
+        if !n.mean[c].is_finite() {
+            bail!(
+                "`train.input_norm.mean[{c}]` must be finite, got {}",
+                n.mean[c]
+            );
+        }
+        if !(n.std[c].is_finite() && n.std[c] > 0.0) {
+            bail!("`train.input_norm.std[{c}]` must be > 0, got {}", n.std[c]);
+        }
     }
     Ok(())
 }
@@ -125,6 +165,41 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<LossKind>(r#""focal-tversky""#).unwrap(),
             LossKind::FocalTversky
+        );
+    }
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn the_hemorrhage_presets_load_and_use_the_recipe() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("generator-configs");
+        for (file, patch, size) in [
+            ("hemorrhages-cpu.json", 128, 512),
+            ("hemorrhages-gpu.json", 256, 1024),
+        ] {
+            let cfg = Config::load(&root.join(file)).unwrap();
+            assert_eq!(cfg.train.patch_size, Some(patch), "{file}");
+            assert_eq!(cfg.generate.size, size, "{file}");
+            assert_eq!(cfg.train.loss, super::LossKind::FocalTversky, "{file}");
+            assert!(cfg.train.input_norm.is_some(), "{file}");
+            // The tile must survive the model's halvings.
+            assert_eq!(patch % (1 << (cfg.model.levels - 1)), 0, "{file}");
+        }
+        let check = |j: &str| Config::from_json(j).and_then(|c| c.validate());
+        let err = check(r#"{"train": {"input_norm": {"mean": [0, 0, 0], "std": [1, 0, 1]}}}"#)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`train.input_norm.std[1]`"),
+            "{err:#}"
+        );
+        let err = check(r#"{"generate": {"size": 64}, "train": {"patch_size": 128}}"#).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`train.patch_size` (128)"),
+            "{err:#}"
         );
     }
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::recipe_config::{defaults, in_unit, InferMode, LossKind};
+use crate::recipe_config::{
+    defaults, in_unit, validate_input_norm, InferMode, InputNorm, LossKind,
+};
 
 /// The network architectures (`model.arch`). Each has its layers in one file of
 /// `src/train/arch/` and one line in that folder's registry (`arch::spec`); an unknown name is
@@ -151,6 +153,9 @@ pub struct TrainConfig {
     /// Loss and soft Dice only over the field of view, estimated per image from its pixels
     /// (`scoring::fov_from_image`, level `evaluate.fov_min_level`).
     pub loss_in_fov: bool,
+    /// Per-channel input normalization `{"mean": [r, g, b], "std": [r, g, b]}` on the [0, 1]
+    /// scale; null = the reference's raw [0, 1] input.
+    pub input_norm: Option<InputNorm>,
 }
 
 impl Default for TrainConfig {
@@ -176,6 +181,7 @@ impl Default for TrainConfig {
             tversky_beta: defaults::TVERSKY_BETA,
             focal_gamma: defaults::FOCAL_GAMMA,
             loss_in_fov: false,
+            input_norm: None,
         }
     }
 }
@@ -275,6 +281,9 @@ pub fn validate(model: &ModelConfig, train: &TrainConfig, infer: &InferConfig) -
     in_unit("train.tversky_alpha", train.tversky_alpha)?;
     in_unit("train.tversky_beta", train.tversky_beta)?;
     positive("train.focal_gamma", train.focal_gamma)?;
+    if let Some(n) = &train.input_norm {
+        validate_input_norm(n)?;
+    }
     if !(infer.overlap.is_finite() && (0.0..1.0).contains(&infer.overlap)) {
         bail!(
             "`infer.overlap` must be within [0, 1), got {}",

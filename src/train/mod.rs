@@ -22,6 +22,7 @@ pub mod epoch;
 pub mod evaluate;
 pub mod fullres;
 pub mod infer;
+pub mod input_norm;
 pub mod io;
 pub mod losses;
 pub mod metrics;

@@ -10,9 +10,12 @@ use anyhow::Result;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use super::data::{load_sample, Batch, Sample};
+use super::data::{load_sample, Batch, Loader, Sample};
+use super::losses::Loss;
+use crate::config::Config;
 use crate::patches::{crop, patch_rng, sample_patch};
 use crate::scoring::fov_from_image;
+use crate::train_config::TrainConfig;
 
 /// What a patch batch is cut with.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,6 +127,127 @@ impl Drop for PatchLoader {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
+    }
+}
+
+/// The lesion-aware training recipe of a run (issue 9): the loss, whether it is restricted to
+/// the field of view, and the patch sampling (`train.patch_size`, `foreground_share`,
+/// `epoch_length`). `Recipe::from_config` of a default config is the reference's training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    pub loss: Loss,
+    /// `evaluate.fov_min_level` when `train.loss_in_fov`.
+    pub fov_level: Option<u8>,
+    pub patch: Option<u32>,
+    pub foreground_share: f64,
+    pub epoch_length: Option<usize>,
+    pub seed: u64,
+}
+
+impl Recipe {
+    pub fn from_config(cfg: &Config) -> Self {
+        let t = &cfg.train;
+        Self {
+            loss: Loss::from_config(t),
+            fov_level: t.loss_in_fov.then_some(cfg.evaluate.fov_min_level),
+            patch: t.patch_size,
+            foreground_share: t.foreground_share,
+            epoch_length: t.epoch_length,
+            seed: cfg.seed,
+        }
+    }
+
+    /// The reference's training: BCE + Dice over whole pairs, every pixel counted.
+    pub fn reference() -> Self {
+        Self {
+            loss: Loss::reference(),
+            fov_level: None,
+            patch: None,
+            foreground_share: 0.0,
+            epoch_length: None,
+            seed: 0,
+        }
+    }
+
+    /// One line for the log, or None for the reference's recipe.
+    pub fn describe(&self) -> Option<String> {
+        let fov = if self.fov_level.is_some() {
+            " inside the field of view"
+        } else {
+            ""
+        };
+        match self.patch {
+            Some(p) => Some(format!(
+                "patches of {p}x{p}, {:.0}% centred on lesion pixels, loss {:?}{fov}",
+                100.0 * self.foreground_share,
+                self.loss.kind
+            )),
+            None if self.loss != Loss::reference() || !fov.is_empty() => {
+                Some(format!("whole pairs, loss {:?}{fov}", self.loss.kind))
+            }
+            None => None,
+        }
+    }
+
+    /// The pairs of `epoch` when sampling patches: `train.epoch_length` steps (default one pass,
+    /// capped by `max_steps_per_epoch`) of consecutive seeded shuffles ([`crate::patches::epoch_order`]);
+    /// None without patches (the caller keeps the reference's order).
+    pub fn patch_order(&self, n: usize, t: &TrainConfig, epoch: usize) -> Option<Vec<usize>> {
+        self.patch?;
+        let mut steps = self
+            .epoch_length
+            .unwrap_or_else(|| n.div_ceil(t.batch_size));
+        if let Some(max) = t.max_steps_per_epoch {
+            steps = steps.min(max);
+        }
+        Some(crate::patches::epoch_order(
+            n,
+            steps * t.batch_size,
+            self.seed,
+            epoch,
+        ))
+    }
+
+    /// The training batches of an epoch, each with the FOV of its patches when cutting patches.
+    pub fn batches(
+        &self,
+        train: &[Sample],
+        order: &[usize],
+        batch_size: usize,
+        size: u32,
+        epoch: usize,
+    ) -> Box<dyn Iterator<Item = Result<(Batch, Option<Vec<u8>>)>>> {
+        match self.patch {
+            Some(patch) => Box::new(
+                PatchLoader::new(
+                    train,
+                    order,
+                    batch_size,
+                    PatchSpec {
+                        size,
+                        patch,
+                        foreground_share: self.foreground_share,
+                        seed: self.seed,
+                        epoch,
+                        fov_min_level: self.fov_level.unwrap_or(crate::scoring::FOV_MIN_LEVEL),
+                    },
+                )
+                .map(|b| b.map(|p| (p.batch, Some(p.fov)))),
+            ),
+            None => {
+                Box::new(Loader::new(train, order, batch_size, size).map(|b| b.map(|b| (b, None))))
+            }
+        }
+    }
+
+    /// The FOV tensor of a batch when the loss is restricted to it: the patches' own (cut from
+    /// the whole pair) or estimated on the batch's images.
+    pub fn fov(&self, batch: &Batch, patch_fov: Option<&[u8]>, device: Device) -> Option<Tensor> {
+        let level = self.fov_level?;
+        Some(match patch_fov {
+            Some(f) => mask_tensor(f, batch.len(), batch.size, device),
+            None => fov_tensor(batch, level, device),
+        })
     }
 }
 

@@ -130,6 +130,9 @@ impl Drop for PatchLoader {
     }
 }
 
+/// Training batches, each with the field of view of its patches ({0,1} bytes) when cut from pairs.
+pub type TrainBatches = Box<dyn Iterator<Item = Result<(Batch, Option<Vec<u8>>)>>>;
+
 /// The lesion-aware training recipe of a run (issue 9): the loss, whether it is restricted to
 /// the field of view, and the patch sampling (`train.patch_size`, `foreground_share`,
 /// `epoch_length`). `Recipe::from_config` of a default config is the reference's training.
@@ -216,7 +219,7 @@ impl Recipe {
         batch_size: usize,
         size: u32,
         epoch: usize,
-    ) -> Box<dyn Iterator<Item = Result<(Batch, Option<Vec<u8>>)>>> {
+    ) -> TrainBatches {
         match self.patch {
             Some(patch) => Box::new(
                 PatchLoader::new(

@@ -28,8 +28,9 @@ pub enum Command {
     Verify(ConfigArgs),
     /// Train the UNet on train/valid (libtorch; CUDA when present).
     Train(TrainArgs),
-    /// Dice/IoU of the best checkpoint on the test split.
-    Evaluate(DeviceArgs),
+    /// Score the best checkpoint at the photographs' own resolution: Dice, IoU, AUPR, lesion-wise
+    /// detection, inside the field of view (test split sources, or --images with --truth).
+    Evaluate(EvaluateArgs),
     /// Predict masks for full-size fundus images.
     Infer(InferArgs),
     /// Everything in order: generate, split, stats, preview, train, evaluate, infer.
@@ -123,6 +124,21 @@ pub struct TrainArgs {
     /// Continue from the last saved epoch (same result as an uninterrupted run).
     #[arg(long)]
     pub resume: bool,
+}
+
+/// `evaluate`'s options.
+#[derive(Debug, Args, Clone)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub dev: DeviceArgs,
+    /// Folder of photographs to score instead of the test split's sources (overrides
+    /// `evaluate.images`; needs --truth).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Folder of their ground-truth confidence maps, paired by file stem (overrides
+    /// `evaluate.truth`).
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
 }
 
 /// `infer`'s options.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::recipe_config::EvaluateConfig;
 use crate::train_config::{InferConfig, ModelConfig, TrainConfig};
 
 /// The whole run: where data comes from, what is generated, how it is split, and how the model is trained.
@@ -36,6 +37,7 @@ pub struct Config {
     /// their size and this limit). Written to the canonical config only when changed.
     #[serde(skip_serializing_if = "is_default_max_pixels")]
     pub max_image_pixels: u64,
+    pub evaluate: EvaluateConfig,
 }
 
 fn is_default_max_pixels(n: &u64) -> bool {
@@ -68,6 +70,7 @@ impl Default for Config {
             train: TrainConfig::default(),
             infer: InferConfig::default(),
             max_image_pixels: crate::input::DEFAULT_MAX_PIXELS,
+            evaluate: EvaluateConfig::default(),
         }
     }
 }
@@ -438,6 +441,15 @@ impl Config {
             bail!("`split.train` must be > 0");
         }
         crate::train_config::validate(&self.model, &self.train, &self.infer)?;
+        crate::recipe_config::validate_evaluate(&self.evaluate)?;
+        if let Some(p) = self.train.patch_size {
+            if p > self.generate.size {
+                bail!(
+                    "`train.patch_size` ({p}) must be <= `generate.size` ({})",
+                    self.generate.size
+                );
+            }
+        }
         Ok(())
     }
 

@@ -135,18 +135,29 @@ pub fn decode_image(path: &Path, bytes: &[u8]) -> Result<image::DynamicImage> {
 /// process (like `kill -9`: no destructors, no flushing) at the N-th [`commit_point`].
 pub const ABORT_ENV: &str = "PIPELINE_ABORT_AT_COMMIT";
 
+/// With [`ABORT_ENV`]: count only the commit points whose label starts with this prefix
+/// (`generate:`, `split:`, `stats:`, `train:`), so a test can kill one stage of `pipeline all`.
+pub const ABORT_ONLY_ENV: &str = "PIPELINE_ABORT_ONLY";
+
 /// Marks a point between two durable steps of a stage (a file renamed into place, a journal
 /// line appended, a file removed). Does nothing unless [`ABORT_ENV`] is set; then the N-th call
-/// in the process prints `label` to stderr and aborts. Tests kill a stage at every such point
-/// and check that the documented resume gives the same bytes as an uninterrupted run.
+/// in the process (of those whose label starts with [`ABORT_ONLY_ENV`], when set) prints `label`
+/// to stderr and aborts. Tests kill a stage at every such point and check that the documented
+/// resume gives the same bytes as an uninterrupted run. Labels start with the stage's name.
 pub fn commit_point(label: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static TARGET: OnceLock<Option<u64>> = OnceLock::new();
+    static TARGET: OnceLock<Option<(u64, String)>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
-    let target = TARGET.get_or_init(|| std::env::var(ABORT_ENV).ok()?.trim().parse().ok());
-    let Some(target) = *target else { return };
-    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == target {
+    let target = TARGET.get_or_init(|| {
+        let n = std::env::var(ABORT_ENV).ok()?.trim().parse().ok()?;
+        Some((n, std::env::var(ABORT_ONLY_ENV).unwrap_or_default()))
+    });
+    let Some((target, only)) = target else { return };
+    if !label.starts_with(only.as_str()) {
+        return;
+    }
+    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *target {
         eprintln!("{ABORT_ENV}: aborting at commit point {target} ({label})");
         std::process::abort();
     }

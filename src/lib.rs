@@ -13,11 +13,15 @@ pub mod generate;
 pub mod input;
 pub mod io;
 pub mod manifest;
+pub mod patches;
 pub mod plot;
 pub mod prep;
 pub mod preview;
+pub mod recipe_config;
 pub mod rng;
 pub mod run_dir;
+pub mod scoring;
+pub mod sliding;
 pub mod split;
 pub mod stats;
 #[cfg(feature = "train")]
@@ -73,10 +77,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             training::train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
-            let cfg = load_for_training(&a.common)?;
+            let mut cfg = load_for_training(&a.dev.common)?;
             let _lock = lock_run(&cfg, "evaluate", false)?;
-            split::require_complete(&cfg.run_dir())?;
-            training::evaluate(&cfg, a.device)?;
+            if a.images.is_some() || a.truth.is_some() {
+                cfg.evaluate.images = a.images.clone();
+                cfg.evaluate.truth = a.truth.clone();
+                recipe_config::validate_evaluate(&cfg.evaluate)?;
+            } else {
+                split::require_complete(&cfg.run_dir())?;
+            }
+            training::evaluate(&cfg, a.dev.device)?;
         }
         Command::Infer(a) => {
             let cfg = load_for_training(&a.dev.common)?;

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::recipe_config::{
+    defaults, in_unit, validate_input_norm, InferMode, InputNorm, LossKind,
+};
+
 /// The network architectures (`model.arch`). Each has its layers in one file of
 /// `src/train/arch/` and one line in that folder's registry (`arch::spec`); an unknown name is
 /// a config error naming `model.arch`.
@@ -130,6 +134,28 @@ pub struct TrainConfig {
     /// Number of fixed validation images (the first by name) predicted after every epoch and
     /// written as `Epoch_<e>_<stem>.jpg`; 0 = none.
     pub preview_images: usize,
+    /// Side of the square training patches cut from the generated pairs (px); null = whole
+    /// pairs. Must divide by 2^(`model.levels`-1) and be <= `generate.size`.
+    pub patch_size: Option<u32>,
+    /// Share of patches centred on a lesion pixel (nnU-Net: 0.33); the rest are placed uniformly.
+    pub foreground_share: f64,
+    /// Optimizer steps per epoch when sampling patches; null = one pass over the training pairs
+    /// (ceil(pairs / batch_size)). nnU-Net uses 250.
+    pub epoch_length: Option<usize>,
+    /// `bce-dice` (the reference's), `tversky` or `focal-tversky` (Abraham & Khan 2019).
+    pub loss: LossKind,
+    /// Tversky weight of false negatives (Abraham & Khan 2019: 0.7).
+    pub tversky_alpha: f64,
+    /// Tversky weight of false positives (0.3).
+    pub tversky_beta: f64,
+    /// Focal-Tversky gamma: loss = (1 - TI)^(1/gamma) (4/3).
+    pub focal_gamma: f64,
+    /// Loss and soft Dice only over the field of view, estimated per image from its pixels
+    /// (`scoring::fov_from_image`, level `evaluate.fov_min_level`).
+    pub loss_in_fov: bool,
+    /// Per-channel input normalization `{"mean": [r, g, b], "std": [r, g, b]}` on the [0, 1]
+    /// scale; null = the reference's raw [0, 1] input.
+    pub input_norm: Option<InputNorm>,
 }
 
 impl Default for TrainConfig {
@@ -147,6 +173,15 @@ impl Default for TrainConfig {
             max_valid_steps: None,
             mixed_precision: false,
             preview_images: 3,
+            patch_size: None,
+            foreground_share: defaults::FOREGROUND_SHARE,
+            epoch_length: None,
+            loss: LossKind::BceDice,
+            tversky_alpha: defaults::TVERSKY_ALPHA,
+            tversky_beta: defaults::TVERSKY_BETA,
+            focal_gamma: defaults::FOCAL_GAMMA,
+            loss_in_fov: false,
+            input_norm: None,
         }
     }
 }
@@ -161,6 +196,14 @@ pub struct InferConfig {
     pub threshold: f64,
     /// Opacity of the green mask drawn over the image in `<stem>_overlay.png`.
     pub overlay_alpha: f64,
+    /// `sliding-window` (tiles of the training input size, gaussian-weighted) or `whole` (one
+    /// pass over the photograph resized to `generate.size`).
+    pub mode: InferMode,
+    /// Fraction of a tile shared by neighbouring tiles, in [0, 1) (nnU-Net: 0.5).
+    pub overlap: f64,
+    /// Test-time augmentation: also predict each tile flipped left-right, top-bottom and both,
+    /// and average (nnU-Net's mirroring); 4x the compute.
+    pub flips: bool,
 }
 
 impl Default for InferConfig {
@@ -169,6 +212,9 @@ impl Default for InferConfig {
             images: None,
             threshold: 0.5,
             overlay_alpha: 0.5,
+            mode: InferMode::SlidingWindow,
+            overlap: defaults::OVERLAP,
+            flips: false,
         }
     }
 }
@@ -224,6 +270,25 @@ pub fn validate(model: &ModelConfig, train: &TrainConfig, infer: &InferConfig) -
     }
     if train.max_valid_steps == Some(0) {
         bail!("`train.max_valid_steps` must be >= 1 (or null), got 0");
+    }
+    if train.patch_size == Some(0) {
+        bail!("`train.patch_size` must be >= 1 (or null), got 0");
+    }
+    in_unit("train.foreground_share", train.foreground_share)?;
+    if train.epoch_length == Some(0) {
+        bail!("`train.epoch_length` must be >= 1 (or null), got 0");
+    }
+    in_unit("train.tversky_alpha", train.tversky_alpha)?;
+    in_unit("train.tversky_beta", train.tversky_beta)?;
+    positive("train.focal_gamma", train.focal_gamma)?;
+    if let Some(n) = &train.input_norm {
+        validate_input_norm(n)?;
+    }
+    if !(infer.overlap.is_finite() && (0.0..1.0).contains(&infer.overlap)) {
+        bail!(
+            "`infer.overlap` must be within [0, 1), got {}",
+            infer.overlap
+        );
     }
     if !(infer.threshold.is_finite() && infer.threshold > 0.0 && infer.threshold <= 1.0) {
         bail!(
@@ -299,6 +364,13 @@ mod tests {
             (r#"{"model": {"base_filters": 0}}"#, "`model.base_filters`"),
             (r#"{"model": {"in_channels": 1}}"#, "`model.in_channels`"),
             (r#"{"infer": {"threshold": 0}}"#, "`infer.threshold`"),
+            (r#"{"infer": {"overlap": 1}}"#, "`infer.overlap`"),
+            (r#"{"train": {"patch_size": 0}}"#, "`train.patch_size`"),
+            (
+                r#"{"train": {"foreground_share": 1.5}}"#,
+                "`train.foreground_share`",
+            ),
+            (r#"{"train": {"focal_gamma": 0}}"#, "`train.focal_gamma`"),
         ] {
             let err = check(json).unwrap_err();
             assert!(format!("{err:#}").contains(field), "{json}: {err:#}");

@@ -334,6 +334,26 @@ fn evaluate_scores_match_an_independent_forward_pass() {
     cfg.train.epochs = 1;
     cfg.train.preview_images = 0;
     train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    // evaluate scores the test pairs' source photographs at their own size: here the 32x32
+    // test images themselves (so squaring and resizing are the identity), with ground-truth maps
+    // at 252 where the mask is set (>= 189: lesion at the default threshold 0.75).
+    let src = cfg.data.join("resources/images/ddb1_fundusimages");
+    let gt = cfg
+        .data
+        .join("resources/images/ddb1_groundtruth/hemorrhages");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&gt).unwrap();
+    for s in scan_split(&cfg.run_dir(), "test").unwrap() {
+        let stem = s.stem.strip_suffix("_orig").unwrap();
+        std::fs::copy(&s.image, src.join(format!("{stem}.png"))).unwrap();
+        let m = image::open(&s.mask).unwrap().to_luma8();
+        GrayImage::from_fn(SIZE, SIZE, |x, y| {
+            Luma([if m.get_pixel(x, y)[0] > 0 { 252 } else { 0 }])
+        })
+        .save(gt.join(format!("{stem}.png")))
+        .unwrap();
+    }
+    cfg.infer.mode = fundus_pipeline::recipe_config::InferMode::Whole;
     let report = evaluate_run(&cfg, DeviceChoice::Cpu).unwrap();
 
     // The 3 test images in one tensor, through the best checkpoint, computed here without the
@@ -410,6 +430,11 @@ fn evaluate_scores_match_an_independent_forward_pass() {
             "{case}"
         );
         assert_eq!(get("TP") + get("FP") + get("FN") + get("TN"), px as u64);
+        assert_eq!(
+            get("fov_pixels"),
+            px as u64,
+            "the pictures have no dark surround"
+        );
         tp += etp;
         fp += efp;
         fn_ += efn;
@@ -417,8 +442,9 @@ fn evaluate_scores_match_an_independent_forward_pass() {
     assert_eq!(json["pooled"]["TP"].as_u64().unwrap(), tp);
     assert_eq!(json["pooled"]["FP"].as_u64().unwrap(), fp);
     assert_eq!(json["pooled"]["FN"].as_u64().unwrap(), fn_);
-    assert_eq!(report.pooled.tp, tp);
-    assert_eq!(json["threshold"].as_f64(), Some(0.5));
+    assert_eq!(report.summary, json);
+    assert_eq!(json["choices"]["threshold"].as_f64(), Some(0.5));
+    assert_eq!(json["choices"]["inference"]["mode"].as_str(), Some("whole"));
     assert_eq!(json["model"]["arch"].as_str(), Some("unet"));
 }
 
@@ -708,7 +734,21 @@ fn infer_out_is_the_output_root_and_infer_dir_its_folder() {
     ];
     common::pipeline_ok(&[&["infer", "-c", file, "--out", root][..], &args].concat());
     assert!(dir.join("s02_orig_overlay.png").is_file());
-    common::pipeline_ok(&["evaluate", "-c", file, "--out", root, "--device", "cpu"]);
+    // evaluate scores photographs with their ground truth: here the test pairs themselves.
+    let truth = real_root.join("run/dataset/test/masks");
+    common::pipeline_ok(&[
+        "evaluate",
+        "-c",
+        file,
+        "--out",
+        root,
+        "--device",
+        "cpu",
+        "--images",
+        inputs,
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
     assert!(real_root.join("run/eval/evaluation.json").is_file());
     assert!(!tmp.path().join("elsewhere").exists());
 }

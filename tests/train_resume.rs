@@ -68,6 +68,8 @@ fn aborted_at(n: usize, args: &[&str]) -> bool {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args(args)
         .env(ABORT, n.to_string())
+        // Count the training stage's commit points only (`all` commits generate/split/stats first).
+        .env("PIPELINE_ABORT_ONLY", "train:")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -75,7 +77,7 @@ fn aborted_at(n: usize, args: &[&str]) -> bool {
         return false;
     }
     assert!(
-        stderr.contains(&format!("{ABORT}={n}: aborting after")),
+        stderr.contains(&format!("{ABORT}: aborting at commit point {n} (train: ")),
         "failed, but not at the hook: {stderr}"
     );
     true

@@ -5,8 +5,8 @@ use anyhow::Result;
 use tch::Kind;
 
 use super::data::{Batch, Loader, Sample};
-use super::metrics::bce_dice_loss;
 use super::model::Model;
+use super::patch_data::Recipe;
 use super::probs_to_vec;
 
 /// Means over the images of an evaluation pass. Batch means weighted by batch size, as Keras
@@ -35,6 +35,29 @@ pub fn eval_batches(
     batch_size: usize,
     size: u32,
     max_batches: Option<usize>,
+    each: Option<BatchSink>,
+) -> Result<LossDice> {
+    let reference = Recipe::reference();
+    eval_batches_with(
+        model,
+        samples,
+        batch_size,
+        size,
+        max_batches,
+        &reference,
+        each,
+    )
+}
+
+/// [`eval_batches`] with the loss of `recipe` (and its field-of-view restriction); patches are
+/// not cut: the whole pairs are scored.
+pub fn eval_batches_with(
+    model: &Model,
+    samples: &[Sample],
+    batch_size: usize,
+    size: u32,
+    max_batches: Option<usize>,
+    recipe: &Recipe,
     mut each: Option<BatchSink>,
 ) -> Result<LossDice> {
     let mut order: Vec<usize> = (0..samples.len()).collect();
@@ -46,9 +69,10 @@ pub fn eval_batches(
     for batch in Loader::new(samples, &order, batch_size, size) {
         let batch = batch?;
         let (x, y) = batch.tensors(device);
+        let fov = recipe.fov(&batch, None, device);
         let (loss, dice, probs) = tch::no_grad(|| {
             let logits = model.forward(&x, false, Kind::Float);
-            let (l, d) = bce_dice_loss(&logits, &y);
+            let (l, d) = recipe.loss.compute(&logits, &y, fov.as_ref());
             let p = each.is_some().then(|| logits.sigmoid());
             (l, d, p)
         });

@@ -9,8 +9,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -122,21 +120,10 @@ pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const STATE: &str = "state.json";
 const POINTER_FORMAT: &str = "fundus-pipeline/checkpoint-pointer/v1";
 
-/// Environment variable of the crash tests: `PIPELINE_ABORT_AT_COMMIT=N` aborts the process
-/// (like a kill) at the N-th commit point of a training run ([`commit_point`]).
-pub const ABORT_ENV: &str = "PIPELINE_ABORT_AT_COMMIT";
-
-/// Marks that one more piece of a training run's output is on disk. With [`ABORT_ENV`] set to N,
-/// the N-th call aborts the process: the crash tests kill a run after every write this way.
+/// One commit point of a training run ([`crate::io::commit_point`], label `train: <what>`):
+/// with `PIPELINE_ABORT_AT_COMMIT=N` the crash tests kill a run after every write.
 pub fn commit_point(what: &str) {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    static TARGET: OnceLock<Option<usize>> = OnceLock::new();
-    let target = TARGET.get_or_init(|| std::env::var(ABORT_ENV).ok()?.parse().ok());
-    let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
-    if *target == Some(n) {
-        eprintln!("{ABORT_ENV}={n}: aborting after {what}");
-        std::process::abort();
-    }
+    crate::io::commit_point(&format!("train: {what}"));
 }
 
 /// The content of [`POINTER`].

@@ -10,9 +10,10 @@ use rand::RngCore;
 use tch::{Kind, Tensor};
 
 use super::adam::Adam;
-use super::data::{Loader, Sample};
-use super::metrics::bce_dice_loss;
+use super::data::Sample;
+use super::losses::Loss;
 use super::model::Model;
+use super::patch_data::Recipe;
 use crate::rng::rng_for;
 use crate::train_config::TrainConfig;
 
@@ -58,14 +59,27 @@ pub fn train_step(
     kind: Kind,
     clip: f64,
 ) -> (f64, f64) {
+    train_step_with(model, opt, (x, y, None), &Loss::reference(), kind, clip)
+}
+
+/// [`train_step`] with the configured loss ([`Loss`]) and an optional field-of-view mask `fov`
+/// ({0,1}, shaped like `y`) restricting it.
+pub fn train_step_with(
+    model: &Model,
+    opt: &mut Adam,
+    (x, y, fov): (&Tensor, &Tensor, Option<&Tensor>),
+    loss_fn: &Loss,
+    kind: Kind,
+    clip: f64,
+) -> (f64, f64) {
     opt.zero_grad();
     let heads = model.forward_heads(x, true, kind);
-    let (main, dice) = bce_dice_loss(&heads[0], y);
+    let (main, dice) = loss_fn.compute(&heads[0], y, fov);
     let loss = if heads.len() == 1 {
         main
     } else {
         let mut all = vec![main];
-        all.extend(heads[1..].iter().map(|h| bce_dice_loss(h, y).0));
+        all.extend(heads[1..].iter().map(|h| loss_fn.compute(h, y, fov).0));
         Tensor::stack(&all, 0).mean(Kind::Float)
     };
     loss.backward();
@@ -89,6 +103,7 @@ pub fn train_epoch(
     size: u32,
     kind: Kind,
     (epoch, epochs): (usize, usize),
+    recipe: &Recipe,
     on_diverge: &dyn Fn() -> String,
 ) -> Result<EpochTrain> {
     let device = model.device();
@@ -97,11 +112,19 @@ pub fn train_epoch(
     let started = Instant::now();
     let (mut sum_loss, mut sum_dice, mut seen) = (0.0, 0.0, 0usize);
     let mut after_first: Option<(Instant, usize)> = None;
-    for batch in Loader::new(train, order, t.batch_size, size) {
-        let batch = batch?;
+    for batch in recipe.batches(train, order, t.batch_size, size, epoch) {
+        let (batch, patch_fov) = batch?;
         let (x, y) = batch.tensors(device);
+        let fov = recipe.fov(&batch, patch_fov.as_deref(), device);
         let lr = opt.lr;
-        let (lv, dv) = train_step(model, opt, &x, &y, kind, t.clip_value);
+        let (lv, dv) = train_step_with(
+            model,
+            opt,
+            (&x, &y, fov.as_ref()),
+            &recipe.loss,
+            kind,
+            t.clip_value,
+        );
         if !lv.is_finite() {
             bar.abandon();
             bail!(

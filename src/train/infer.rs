@@ -1,18 +1,19 @@
 //! Inference on full-size fundus images: square exactly as the generator does
-//! (`prep::fill_colour` + `prep::square_image`), predict, scale the probabilities to 0..255,
-//! take them back to the original frame (`prep::unsquare`) and threshold. Writes per input
+//! (`prep::fill_colour` + `prep::square_image`), predict as a sliding window of the training input
+//! size or in one pass (`infer.mode`, [`super::fullres::predict_photo`]), take the probabilities
+//! back to the original frame in f32 and threshold. Writes per input
 //! `<stem>_mask.png` (0/255), `<stem>_green.png` (green mask on black) and `<stem>_overlay.png`.
 
 use std::path::{Path, PathBuf};
 
-use super::data::images_tensor;
+use super::fullres::{predict_photo, Inference};
 use super::model::Model;
-use super::{device, io, probs_to_vec};
+use super::{device, io};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
 use crate::input::image_files;
 use crate::io::{encode_png_gray, encode_png_rgb, write_atomic};
-use crate::prep::{fill_colour, square_image, unsquare, SquareGeometry};
+use crate::prep::{unsquare, SquareGeometry};
 use anyhow::{bail, Context, Result};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
@@ -121,6 +122,10 @@ pub fn infer_run(
     cfg.model.check_size(size)?;
     let dir = cfg.run_dir().join("train");
     let (model, _) = Model::load(&cfg.model, size, &dir, "best", device)?;
+    let model = model.with_input_norm(cfg.train.input_norm);
+    let inference = Inference::from_config(cfg);
+    println!("infer: {}", inference.to_json());
+    let net = |x: &tch::Tensor| model.predict(x);
     let out = infer_dir.map_or_else(|| cfg.run_dir().join("infer"), Path::to_path_buf);
     io::create_dir(&out)?;
 
@@ -137,10 +142,11 @@ pub fn infer_run(
                 continue;
             }
         };
-        let (sq, geom) = square_image(&img, fill_colour(&img), size)?;
-        let x = images_tensor(sq.as_raw(), 1, i64::from(size), device);
-        let probs = probs_to_vec(&model.predict(&x))?;
-        let mask = mask_from_probs(&probs, &geom, cfg.infer.threshold)?;
+        let prob = predict_photo(&net, device, &img, &inference)?;
+        let t = cfg.infer.threshold as f32;
+        let mask = GrayImage::from_fn(img.width(), img.height(), |x, y| {
+            Luma([if prob.get_pixel(x, y)[0] >= t { 255 } else { 0 }])
+        });
         let green = RgbImage::from_fn(mask.width(), mask.height(), |x, y| {
             Rgb([0, mask.get_pixel(x, y)[0], 0])
         });

@@ -20,10 +20,14 @@ pub mod data;
 pub mod device;
 pub mod epoch;
 pub mod evaluate;
+pub mod fullres;
 pub mod infer;
+pub mod input_norm;
 pub mod io;
+pub mod losses;
 pub mod metrics;
 pub mod model;
+pub mod patch_data;
 pub mod plot;
 pub mod trainer;
 

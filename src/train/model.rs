@@ -10,6 +10,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::arch;
 use super::checkpoint::{self, TrainState};
+use super::input_norm::normalize;
+use crate::recipe_config::InputNorm;
 use crate::train_config::ModelConfig;
 
 /// A segmentation network: RGB in, one channel of lesion logits out, same spatial size.
@@ -36,6 +38,8 @@ pub struct Model {
     net: Box<dyn SegNet>,
     /// The config it was built from.
     pub config: ModelConfig,
+    /// `train.input_norm`, applied to every input before the network (see [`Model::with_input_norm`]).
+    pub input_norm: Option<InputNorm>,
 }
 
 impl std::fmt::Debug for Model {
@@ -57,7 +61,14 @@ impl Model {
             vs,
             net,
             config: config.clone(),
+            input_norm: None,
         }
+    }
+
+    /// Sets the input normalization (`train.input_norm`) every forward applies first.
+    pub fn with_input_norm(mut self, norm: Option<InputNorm>) -> Self {
+        self.input_norm = norm;
+        self
     }
 
     /// Builds `config` on `device` and loads checkpoint `name` (`best` or `last`) of training
@@ -86,12 +97,14 @@ impl Model {
 
     /// Logits [N, 1, H, W] fp32; see [`SegNet::forward_kind`].
     pub fn forward(&self, x: &Tensor, train: bool, kind: Kind) -> Tensor {
-        self.net.forward_kind(x, train, kind)
+        self.net
+            .forward_kind(&normalize(x, self.input_norm.as_ref()), train, kind)
     }
 
     /// Main output and deep-supervision heads; see [`SegNet::forward_heads`].
     pub fn forward_heads(&self, x: &Tensor, train: bool, kind: Kind) -> Vec<Tensor> {
-        self.net.forward_heads(x, train, kind)
+        self.net
+            .forward_heads(&normalize(x, self.input_norm.as_ref()), train, kind)
     }
 
     /// Lesion probabilities [N, 1, H, W] in [0, 1]: fp32, dropout off, no gradients.

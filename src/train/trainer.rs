@@ -9,11 +9,12 @@ use anyhow::{bail, Context, Result};
 use tch::{Device, Kind};
 
 use super::adam::Adam;
-use super::batches::eval_batches;
+use super::batches::eval_batches_with;
 use super::checkpoint::{self, EpochRow, TrainState};
 use super::data::{scan_split, split_hash, Batch, Sample};
 use super::epoch::{epoch_order, torch_seed, train_epoch};
 use super::model::{param_count, Model};
+use super::patch_data::Recipe;
 use super::{device, io, plot, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
@@ -129,7 +130,15 @@ impl<'a> Session<'a> {
         io::create_dir(&out)?;
 
         tch::manual_seed(cfg.seed as i64);
-        let mut model = Model::build(&cfg.model, device);
+        let mut model = Model::build(&cfg.model, device).with_input_norm(t.input_norm);
+        if let Some(p) = t.patch_size {
+            cfg.model.check_size(p).map_err(|e| {
+                anyhow::anyhow!("`train.patch_size` ({p}) does not fit the model: {e:#}")
+            })?;
+        }
+        if let Some(line) = Recipe::from_config(cfg).describe() {
+            println!("train: {line}");
+        }
         let mut opt = Adam::new(&model.vs, t.learning_rate);
         let compute = if t.mixed_precision && device.is_cuda() {
             Kind::BFloat16
@@ -235,7 +244,10 @@ impl<'a> Session<'a> {
         let (cfg, t) = (self.cfg, &self.cfg.train);
         let size = cfg.generate.size;
         tch::manual_seed(torch_seed(cfg.seed, epoch));
-        let order = epoch_order(cfg.seed, epoch, self.train.len(), t);
+        let recipe = Recipe::from_config(cfg);
+        let order = recipe
+            .patch_order(self.train.len(), t, epoch)
+            .unwrap_or_else(|| epoch_order(cfg.seed, epoch, self.train.len(), t));
         let lr = self.opt.lr;
         let started = Instant::now();
         let st = &self.st;
@@ -249,14 +261,16 @@ impl<'a> Session<'a> {
             size,
             self.compute,
             (epoch, t.epochs),
+            &recipe,
             &|| last_good(out, st),
         )?;
-        let val = eval_batches(
+        let val = eval_batches_with(
             &self.model,
             &self.valid,
             t.batch_size,
             size,
             t.max_valid_steps,
+            &recipe,
             None,
         )?;
         if !val.loss.is_finite() {

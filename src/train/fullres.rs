@@ -1,0 +1,212 @@
+//! Full-resolution prediction and scoring of fundus photographs (issue 9): square and resize the
+//! photograph to `generate.size` exactly as the generator does, run the network over it as a
+//! sliding window of the training input size (or in one pass), take the probabilities back to the
+//! photograph's own frame in `f32`, and score them there against the original ground-truth
+//! confidence map inside the field of view ([`crate::scoring`]).
+
+use anyhow::{ensure, Context, Result};
+use image::RgbImage;
+use serde_json::{json, Value};
+use tch::{Device, Tensor};
+
+use super::data::images_tensor;
+use super::probs_to_vec;
+use crate::config::Config;
+use crate::io::open_image;
+use crate::prep::{binarize, fill_colour, square_image};
+use crate::recipe_config::InferMode;
+use crate::scoring::photos::{fov_for, load_fmask, Photo};
+use crate::scoring::{score_image, summary_json, Case, ProbMap};
+use crate::sliding::{predict_map, to_original_frame, Mode, Window};
+
+/// How photographs are run through the network (resolved from `generate.size`,
+/// `train.patch_size`, `infer.{mode,overlap,flips}` and `train.batch_size`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inference {
+    /// Side of the square the photograph is resized to (`generate.size`).
+    pub size: u32,
+    pub window: Window,
+    /// Tiles per forward pass.
+    pub batch: usize,
+}
+
+impl Inference {
+    pub fn from_config(cfg: &Config) -> Self {
+        let tile = cfg.train.patch_size.unwrap_or(cfg.generate.size);
+        let mode = match cfg.infer.mode {
+            InferMode::SlidingWindow => Mode::Sliding {
+                tile,
+                overlap: cfg.infer.overlap,
+            },
+            InferMode::Whole => Mode::Whole,
+        };
+        Self {
+            size: cfg.generate.size,
+            window: Window {
+                mode,
+                flips: cfg.infer.flips,
+            },
+            batch: cfg.train.batch_size,
+        }
+    }
+
+    /// The choices as JSON (for evaluation.json).
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "resized_to": format!(
+                "padded to a centred square (fill = pixel (2,2)), resized to {0}x{0}; probabilities resized back (bilinear, f32) to the photograph's frame",
+                self.size
+            ),
+            "flips": self.window.flips,
+            "tiles_per_pass": self.batch,
+        });
+        match self.window.mode {
+            Mode::Whole => v["mode"] = json!("whole"),
+            Mode::Sliding { tile, overlap } => {
+                v["mode"] = json!("sliding-window");
+                v["tile"] = json!(tile);
+                v["overlap"] = json!(overlap);
+                v["weighting"] = json!(format!(
+                    "gaussian, sigma = tile/8 = {} px",
+                    f64::from(tile) / 8.0
+                ));
+            }
+        }
+        v
+    }
+}
+
+/// Probabilities of `img` in its own frame (same width and height). `net` maps a float batch
+/// [N, 3, S, S] in [0, 1] on `device` to probabilities [N, 1, S, S].
+pub fn predict_photo(
+    net: &dyn Fn(&Tensor) -> Tensor,
+    device: Device,
+    img: &RgbImage,
+    inf: &Inference,
+) -> Result<ProbMap> {
+    let (sq, geom) = square_image(img, fill_colour(img), inf.size)?;
+    let map = predict_map(&sq, &inf.window, inf.batch, |bytes, n, s| {
+        let x = images_tensor(bytes, n as i64, i64::from(s), device);
+        probs_to_vec(&net(&x))
+    })?;
+    to_original_frame(&map, &geom)
+}
+
+/// The lowest ground-truth value that counts as lesion at `threshold` (as `prep::binarize`).
+pub fn gt_min_value(threshold: f64) -> u16 {
+    ((threshold * 252.0).ceil().max(1.0) as u16).min(256)
+}
+
+/// Predicts and scores `photos`; returns the body of evaluation.json (choices, the primary
+/// ground-truth threshold in nnU-Net's layout, and the extra thresholds) and the per-photo
+/// probability maps are dropped after scoring. `source` says where the photographs came from.
+pub fn evaluate_photos(
+    net: &dyn Fn(&Tensor) -> Tensor,
+    device: Device,
+    cfg: &Config,
+    photos: &[Photo],
+    source: &str,
+) -> Result<Value> {
+    let inf = Inference::from_config(cfg);
+    let e = &cfg.evaluate;
+    let thresholds: Vec<f64> = std::iter::once(e.gt_threshold)
+        .chain(e.extra_gt_thresholds.iter().copied())
+        .collect();
+    let fmask = load_fmask(cfg)?;
+    let mut cases: Vec<Vec<Case>> = vec![Vec::new(); thresholds.len()];
+    let mut fov_used = Vec::new();
+    let p_thr = cfg.infer.threshold as f32;
+    for photo in photos {
+        let img = open_image(&photo.image)?.to_rgb8();
+        let gt = open_image(&photo.truth)?.to_luma8();
+        ensure!(
+            img.dimensions() == gt.dimensions(),
+            "photograph {} is {}x{} but its ground truth {} is {}x{}",
+            photo.image.display(),
+            img.width(),
+            img.height(),
+            photo.truth.display(),
+            gt.width(),
+            gt.height()
+        );
+        let fov = fov_for(&img, cfg, fmask.as_ref())
+            .with_context(|| format!("field of view of {}", photo.image.display()))?;
+        let prob = predict_photo(net, device, &img, &inf)?;
+        for (k, &t) in thresholds.iter().enumerate() {
+            let truth = binarize(&gt, t);
+            let score = score_image(&prob, &truth, fov.mask.as_ref(), p_thr)
+                .with_context(|| format!("scoring {}", photo.image.display()))?;
+            cases[k].push(Case {
+                image: photo.stem.clone(),
+                files: json!({
+                    "image_file": photo.image,
+                    "reference_file": photo.truth,
+                    "width": img.width(),
+                    "height": img.height(),
+                    "fov": fov.how,
+                }),
+                score,
+            });
+        }
+        let pooled_note = &cases[0].last().expect("pushed").score;
+        println!(
+            "evaluate: {} ({}x{}): Dice {} AUPR {} lesions found {}/{}",
+            photo.stem,
+            img.width(),
+            img.height(),
+            fmt(pooled_note.pixels.dice()),
+            fmt(pooled_note.pr.aupr()),
+            pooled_note.lesions.found,
+            pooled_note.lesions.n_ref
+        );
+        fov_used.push(fov.how);
+    }
+    fov_used.dedup();
+    let block = |k: usize| {
+        let mut v = summary_json(&cases[k]);
+        v["gt_threshold"] = json!(thresholds[k]);
+        v["gt_min_value"] = json!(gt_min_value(thresholds[k]));
+        v
+    };
+    let mut out = block(0);
+    let choices = json!({
+        "images": source,
+        "resolution": "original photograph (each case's width x height)",
+        "threshold": cfg.infer.threshold,
+        "threshold_rule": "predicted lesion where probability >= threshold",
+        "gt_threshold": e.gt_threshold,
+        "gt_rule": "reference lesion where ground-truth value v > 0 and v / 252 >= gt_threshold",
+        "gt_min_value": gt_min_value(e.gt_threshold),
+        "fov": fov_used,
+        "fov_setting": e.fov,
+        "inference": inf.to_json(),
+        "aupr_rule": "average precision: sum over thresholds of (R_n - R_{n-1}) P_n, every distinct probability (quantized to 1/65535) a threshold, no interpolation; pixels inside the FOV",
+        "lesion_rule": "reference lesions: 8-connected components of the binarized ground truth inside the FOV, found when a predicted pixel overlaps; lesion precision over 8-connected predicted components that overlap a reference pixel",
+        "mean_rule": "mean over the images where the score is defined (nnU-Net's nanmean)",
+        "pooled_rule": "scores of the counts summed over all images",
+    });
+    let obj = out.as_object_mut().expect("object");
+    obj.insert("choices".into(), choices);
+    obj.insert("images".into(), json!(photos.len()));
+    obj.insert(
+        "extra_gt_thresholds".into(),
+        Value::Array((1..thresholds.len()).map(block).collect()),
+    );
+    Ok(out)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.4}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gt_min_values_are_the_protocol_levels() {
+        assert_eq!(gt_min_value(0.75), 189);
+        assert_eq!(gt_min_value(0.3), 76);
+        assert_eq!(gt_min_value(0.0), 1);
+    }
+}

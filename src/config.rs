@@ -243,6 +243,17 @@ pub enum SplitMode {
     ByFile,
 }
 
+impl std::fmt::Display for SplitMode {
+    /// The mode as users write it in the config (`by-source`, `official`, `by-file`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SplitMode::BySource => "by-source",
+            SplitMode::Official => "official",
+            SplitMode::ByFile => "by-file",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SplitConfig {

@@ -96,12 +96,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .infer_dir
                 .clone()
                 .unwrap_or_else(|| cfg.run_dir().join("infer"));
+            // Infer's folder must keep clear of the image folder and of the dataset (its
+            // default inputs are the dataset's photographs).
+            let mut inputs = vec![("dataset root (`data`)", cfg.data.as_path())];
             if let Some(images) = images {
-                run_dir::check_apart(
-                    &out,
-                    &[("image folder (--images / `infer.images`)", images)],
-                )?;
+                inputs.push(("image folder (--images / `infer.images`)", images));
             }
+            run_dir::check_apart(&out, &inputs)?;
             training::infer(
                 &cfg,
                 a.dev.device,
@@ -113,6 +114,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = load(&a.common)?;
             let _lock = lock_run(&cfg, "preview", false)?;
             generate::require_complete(&cfg.run_dir())?;
+            if let Some(dir) = &a.sheet_dir {
+                run_dir::check_apart(dir, &[("dataset root (`data`)", &cfg.data)])?;
+            }
             let path = preview::preview(&cfg, a.source.as_deref(), a.sheet_dir.as_deref())?;
             println!("preview -> {}", path.display());
         }
@@ -233,7 +237,7 @@ fn run_split(cfg: &Config) -> Result<()> {
         .map(|s| format!("{s} {} pairs / {} sources", r.pairs[*s], r.sources[*s]))
         .collect();
     println!(
-        "split ({:?}): {} -> {}",
+        "split ({}): {} -> {}",
         cfg.split.mode,
         parts.join(", "),
         cfg.run_dir().join("dataset").display()

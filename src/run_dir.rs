@@ -63,8 +63,8 @@ pub fn check_apart(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
         };
         bail!(
             "output folder {} {relation} the {what} {}; writing there could overwrite or remove \
-             input files, so nothing was written: choose an `out` (or --out) outside the input \
-             data",
+             input files, so nothing was written: choose an output folder outside the input data \
+             (`out`/--out, or --infer-dir / --sheet-dir for those commands)",
             out.display(),
             input.display()
         );

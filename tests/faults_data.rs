@@ -730,7 +730,7 @@ fn infer_reports_a_bad_input_and_does_the_others() {
         "cpu",
         "--images",
         inputs.to_str().unwrap(),
-        "--out",
+        "--infer-dir",
         to.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -739,6 +739,40 @@ fn infer_reports_a_bad_input_and_does_the_others() {
         assert!(to.join(format!("{stem}_mask.png")).is_file(), "{stem}");
     }
     assert!(!to.join("b_mask.png").exists());
+}
+
+#[test]
+fn infer_folder_inside_the_dataset_is_refused() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let into = c.data.join(IMAGES);
+    let before = std::fs::read_dir(&into).unwrap().count();
+    let o = pipeline(&[
+        "infer",
+        "--config",
+        c.cfg(),
+        "--infer-dir",
+        into.to_str().unwrap(),
+    ]);
+    assert_refused(&o, &["lies inside the dataset root"]);
+    assert_eq!(std::fs::read_dir(&into).unwrap().count(), before);
+}
+
+#[test]
+fn preview_sheet_folder_inside_the_dataset_is_refused() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let into = c.data.join(IMAGES);
+    let before = std::fs::read_dir(&into).unwrap().count();
+    let o = pipeline(&[
+        "preview",
+        "--config",
+        c.cfg(),
+        "--sheet-dir",
+        into.to_str().unwrap(),
+    ]);
+    assert_refused(&o, &["lies inside the dataset root"]);
+    assert_eq!(std::fs::read_dir(&into).unwrap().count(), before);
 }
 
 #[test]
@@ -753,7 +787,7 @@ fn infer_output_folder_equal_to_its_input_folder_is_refused() {
         c.cfg(),
         "--images",
         inputs.to_str().unwrap(),
-        "--out",
+        "--infer-dir",
         inputs.to_str().unwrap(),
     ]);
     assert_refused(&o, &["is the image folder"]);

@@ -35,6 +35,27 @@ pub struct Confusion {
 }
 
 impl Confusion {
+    /// Counts pixels: predicted lesion where `prob >= threshold`, true lesion where `truth > 0`.
+    /// Panics when the two slices differ in length.
+    pub fn from_probs(probs: &[f32], truth: &[u8], threshold: f32) -> Self {
+        assert_eq!(
+            probs.len(),
+            truth.len(),
+            "prediction and truth differ in size"
+        );
+        let mut c = Confusion::default();
+        for (&p, &t) in probs.iter().zip(truth) {
+            match (p >= threshold, t > 0) {
+                (true, true) => c.tp += 1,
+                (true, false) => c.fp += 1,
+                (false, true) => c.fn_ += 1,
+                (false, false) => c.tn += 1,
+            }
+        }
+        c
+    }
+
+    /// Adds the counts of `o` (pooling).
     pub fn add(&mut self, o: &Confusion) {
         self.tp += o.tp;
         self.fp += o.fp;

@@ -1,7 +1,6 @@
 //! Loss, the soft Dice metric (tensors), and the hard per-image scores of the evaluation (plain
 //! numbers, testable without libtorch tensors).
 
-use serde::Serialize;
 use tch::{Kind, Reduction, Tensor};
 
 /// Soft Dice over the whole batch with smooth 1: (2 sum(p y) + 1) / (sum p + sum y + 1).
@@ -18,92 +17,8 @@ pub fn bce_dice_loss(logits: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
     (loss, dice.detach())
 }
 
-/// Pixel counts of a thresholded prediction against the truth.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Confusion {
-    pub tp: u64,
-    pub fp: u64,
-    #[serde(rename = "fn")]
-    pub fn_: u64,
-    pub tn: u64,
-}
-
-impl Confusion {
-    /// Counts pixels: predicted lesion where `prob >= threshold`, true lesion where `truth > 0`.
-    pub fn from_probs(probs: &[f32], truth: &[u8], threshold: f32) -> Self {
-        assert_eq!(
-            probs.len(),
-            truth.len(),
-            "prediction and truth differ in size"
-        );
-        let mut c = Confusion::default();
-        for (&p, &t) in probs.iter().zip(truth) {
-            match (p >= threshold, t > 0) {
-                (true, true) => c.tp += 1,
-                (true, false) => c.fp += 1,
-                (false, true) => c.fn_ += 1,
-                (false, false) => c.tn += 1,
-            }
-        }
-        c
-    }
-
-    pub fn add(&mut self, o: &Confusion) {
-        self.tp += o.tp;
-        self.fp += o.fp;
-        self.fn_ += o.fn_;
-        self.tn += o.tn;
-    }
-
-    /// 2TP / (2TP + FP + FN); None when both prediction and truth are empty (nnU-Net's NaN).
-    pub fn dice(&self) -> Option<f64> {
-        ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
-    }
-
-    /// TP / (TP + FP + FN); None when both are empty.
-    pub fn iou(&self) -> Option<f64> {
-        ratio(self.tp, self.tp + self.fp + self.fn_)
-    }
-
-    /// TP / (TP + FP); None when nothing is predicted.
-    pub fn precision(&self) -> Option<f64> {
-        ratio(self.tp, self.tp + self.fp)
-    }
-
-    /// TP / (TP + FN); None when the truth is empty.
-    pub fn recall(&self) -> Option<f64> {
-        ratio(self.tp, self.tp + self.fn_)
-    }
-
-    /// The scores and counts as one JSON object, nnU-Net's key names (undefined scores are null).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "Dice": self.dice(),
-            "IoU": self.iou(),
-            "Precision": self.precision(),
-            "Recall": self.recall(),
-            "TP": self.tp,
-            "FP": self.fp,
-            "FN": self.fn_,
-            "TN": self.tn,
-            "n_pred": self.tp + self.fp,
-            "n_ref": self.tp + self.fn_,
-        })
-    }
-}
-
-fn ratio(num: u64, den: u64) -> Option<f64> {
-    (den > 0).then(|| num as f64 / den as f64)
-}
-
-/// Mean of the defined values (nnU-Net's nanmean); None when none is defined.
-pub fn mean_defined(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
-    let (sum, n) = values
-        .into_iter()
-        .flatten()
-        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (n > 0).then(|| sum / n as f64)
-}
+/// The hard per-image scores are the evaluation's own ([`crate::scoring`]): one `Confusion`.
+pub use crate::scoring::{mean_defined, Confusion};
 
 #[cfg(test)]
 mod tests {

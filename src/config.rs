@@ -479,14 +479,12 @@ impl Config {
     /// The part of the config that decides the generated master set; its hash identifies a run's
     /// master files (a different hash in an existing output folder means a different run).
     pub fn generation_key(&self) -> String {
-        let key = serde_json::json!({
-            "seed": self.seed,
-            "lesion": self.lesion,
-            "generate": self.generate,
-        });
-        blake3::hash(key.to_string().as_bytes())
-            .to_hex()
-            .to_string()
+        crate::manifest::GenerationKey {
+            seed: self.seed,
+            lesion: self.lesion,
+            generate: &self.generate,
+        }
+        .hash()
     }
 }
 

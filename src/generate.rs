@@ -32,7 +32,6 @@ use image::GrayImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::augment::{plan, Operation, Pair, Variant};
 use crate::config::{Config, ImageFormat};
@@ -42,7 +41,7 @@ use crate::io::{
     write_atomic, write_json,
 };
 use crate::manifest::{
-    dataset_path, rel_path, Manifest, PairRecord, SourceRecord, FILE_NAME, SCHEMA,
+    dataset_path, rel_path, Generation, Manifest, PairRecord, SourceRecord, FILE_NAME, SCHEMA,
 };
 use crate::prep::{binarize, prepare, read_truth};
 
@@ -223,12 +222,12 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         schema: SCHEMA.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         generation_key: key,
-        generation: json!({
-            "seed": cfg.seed,
-            "lesion": cfg.lesion,
-            "generate": cfg.generate,
-            "variants": header.variants,
-        }),
+        generation: Generation {
+            seed: cfg.seed,
+            lesion: cfg.lesion,
+            generate: cfg.generate.clone(),
+            variants: header.variants,
+        },
         sources,
         pairs,
         split: None,
@@ -279,7 +278,8 @@ struct Begin {
     truth_warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A journal line after the header: a source begun, or a finished pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Line {
     Begin { begin: Begin },
@@ -483,7 +483,7 @@ fn start_journal(
 
     let mut text = serde_json::to_string(header)? + "\n";
     for b in begins.values() {
-        text += &(serde_json::to_string(&json!({ "begin": b }))? + "\n");
+        text += &(serde_json::to_string(&Line::Begin { begin: b.clone() })? + "\n");
     }
     let mut sorted: Vec<&PairRecord> = kept.values().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -876,7 +876,7 @@ impl Journal {
     }
 
     fn begin(&self, b: &Begin) -> Result<()> {
-        self.line(serde_json::to_string(&json!({ "begin": b }))?)?;
+        self.line(serde_json::to_string(&Line::Begin { begin: b.clone() })?)?;
         commit_point("generate: source begun");
         Ok(())
     }
@@ -914,22 +914,64 @@ fn progress_bar(total: u64, show: bool) -> ProgressBar {
 }
 
 /// `run.json`: timings and problems of the last generation (not part of the reproducible output).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    pub generate: GenerateRun,
+}
+
+/// The `generate` section of `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerateRun {
+    pub wall_seconds: f64,
+    pub pairs: usize,
+    pub pairs_per_second: f64,
+    /// Pairs kept from an interrupted run (`--resume`).
+    pub reused_pairs: usize,
+    pub threads: usize,
+    pub failed_sources: Vec<FailedSource>,
+    /// False when an earlier complete set was kept because sources failed.
+    pub committed: bool,
+}
+
+/// A source the generation could not use, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailedSource {
+    pub stem: String,
+    pub error: String,
+}
+
+impl RunInfo {
+    /// `run.json` of `run_dir`; `None` when it is missing or unreadable (it is informational).
+    pub fn read(run_dir: &Path) -> Option<RunInfo> {
+        let text = std::fs::read_to_string(run_dir.join(RUN_INFO)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
 fn write_run_info(run_dir: &Path, r: &GenerateReport, threads: usize) -> Result<()> {
-    let path = run_dir.join(RUN_INFO);
-    let mut info: serde_json::Value = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| json!({}));
-    info["generate"] = json!({
-        "wall_seconds": r.seconds,
-        "pairs": r.pairs,
-        "pairs_per_second": r.pairs_per_second(),
-        "reused_pairs": r.reused,
-        "threads": if threads == 0 { rayon::current_num_threads() } else { threads },
-        "failed_sources": r.failed.iter().map(|p| json!({"stem": p.stem, "error": p.message})).collect::<Vec<_>>(),
-        "committed": r.kept_earlier.is_none(),
-    });
-    write_json(&path, &info)?;
+    let info = RunInfo {
+        generate: GenerateRun {
+            wall_seconds: r.seconds,
+            pairs: r.pairs,
+            pairs_per_second: r.pairs_per_second(),
+            reused_pairs: r.reused,
+            threads: if threads == 0 {
+                rayon::current_num_threads()
+            } else {
+                threads
+            },
+            failed_sources: r
+                .failed
+                .iter()
+                .map(|p| FailedSource {
+                    stem: p.stem.clone(),
+                    error: p.message.clone(),
+                })
+                .collect(),
+            committed: r.kept_earlier.is_none(),
+        },
+    };
+    write_json(&run_dir.join(RUN_INFO), &info)?;
     commit_point("generate: run.json written");
     Ok(())
 }

@@ -66,6 +66,28 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     Ok(())
 }
 
+/// Writes `rows` as CSV (comma-separated, `\n` line ends, quoting where needed; floats in their
+/// shortest round-trip form) atomically. With `header`, the first line names the fields of the
+/// row struct (serde field names).
+pub fn write_csv<T: serde::Serialize>(
+    path: &Path,
+    rows: impl IntoIterator<Item = T>,
+    header: bool,
+) -> Result<()> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(header)
+        .from_writer(Vec::new());
+    for row in rows {
+        w.serialize(row)
+            .with_context(|| format!("serializing a row of {}", path.display()))?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("{}", e.error()))
+        .with_context(|| format!("serializing {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
 /// Serializes `value` as pretty JSON (with a final newline) and writes it atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("serializing JSON")?;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use crate::augment::VariantParams;
+use crate::config::{GenerateConfig, Lesion, SplitMode};
 use crate::io::{hash_file, write_json};
 
 pub const SCHEMA: &str = "fundus-pipeline/manifest/v1";
@@ -22,13 +23,41 @@ pub struct Manifest {
     /// Hash of the settings that decide the master set (seed, lesion, generate section).
     pub generation_key: String,
     /// Those settings, resolved.
-    pub generation: Value,
+    pub generation: Generation,
     pub sources: Vec<SourceRecord>,
     /// One record per image/mask pair, sorted by name.
     pub pairs: Vec<PairRecord>,
     /// Set by `split`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitInfo>,
+}
+
+/// The settings that decided the master set, resolved (`generation` in manifest.json): the
+/// fields hashed into the generation key ([`GenerationKey`]) plus the variant names in plan order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Generation {
+    pub seed: u64,
+    pub lesion: Lesion,
+    pub generate: GenerateConfig,
+    /// Variant names (`orig`, `rotate_20`, ...) in the order of the plan.
+    pub variants: Vec<String>,
+}
+
+/// The settings whose compact JSON's blake3 is the generation key: seed, lesion and the
+/// `generate` section, in this order (the key of existing run folders depends on it).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GenerationKey<'a> {
+    pub seed: u64,
+    pub lesion: Lesion,
+    pub generate: &'a GenerateConfig,
+}
+
+impl GenerationKey<'_> {
+    /// blake3 (hex) of the compact JSON.
+    pub fn hash(&self) -> String {
+        let text = serde_json::to_string(self).expect("generation key serializes");
+        blake3::hash(text.as_bytes()).to_hex().to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,7 +79,7 @@ pub struct PairRecord {
     pub name: String,
     pub source: String,
     pub variant: String,
-    pub params: Value,
+    pub params: VariantParams,
     /// Paths relative to the run folder.
     pub image: String,
     pub mask: String,
@@ -65,7 +94,7 @@ pub struct PairRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SplitInfo {
-    pub mode: String,
+    pub mode: SplitMode,
     pub ratios: [f64; 3],
     pub test_originals_only: bool,
     /// Source stems per split.

@@ -219,10 +219,7 @@ pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result
             .first()
             .with_context(|| format!("{} lists no sources", run_dir.join(FILE_NAME).display()))?,
     };
-    let order: Vec<&str> = m.generation["variants"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
+    let order = &m.generation.variants;
     let mut pairs: Vec<&PairRecord> = m.pairs.iter().filter(|p| p.source == stem).collect();
     // Plan order; anything the plan does not name goes last, by name.
     pairs.sort_by_key(|p| {

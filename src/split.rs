@@ -231,10 +231,7 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
         }
     }
     m.split = Some(SplitInfo {
-        mode: serde_json::to_value(s.mode)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        mode: s.mode,
         ratios: [s.train, s.valid, s.test],
         test_originals_only: s.test_originals_only,
         sources: by_source,

@@ -3,20 +3,143 @@
 //! the manifest; every number is computed from the files themselves.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use image::Luma;
 use imageproc::region_labelling::{connected_components, Connectivity};
+use indexmap::IndexMap;
 use rayon::prelude::*;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, Lesion};
 use crate::io::{open_image, write_json};
-use crate::manifest::{dataset_path, Manifest, PairRecord};
+use crate::manifest::{dataset_path, Manifest, PairRecord, SplitInfo};
 use crate::split::SPLITS;
 
 pub const SCHEMA: &str = "fundus-pipeline/stats/v1";
+
+/// `stats.json`: the run's inputs, generation, split and per-split measurements.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    pub schema: String,
+    pub tool_version: String,
+    /// blake3 of the canonical config (`Config::canonical`).
+    pub config_hash: String,
+    pub seed: u64,
+    pub input: Input,
+    pub generation: GenerationStats,
+    /// The manifest's split record.
+    pub split: SplitInfo,
+    /// Pairs per variant name, per split.
+    pub counts: PerSplit<BTreeMap<String, usize>>,
+    pub splits: PerSplit<SplitSummary>,
+    /// The whole resolved config.
+    pub config: Config,
+}
+
+/// One value per split, in the order train, valid, test.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PerSplit<T> {
+    pub train: T,
+    pub valid: T,
+    pub test: T,
+}
+
+impl<T> PerSplit<T> {
+    /// The value of split `name` (one of [`SPLITS`]).
+    pub fn get(&self, name: &str) -> &T {
+        match name {
+            "train" => &self.train,
+            "valid" => &self.valid,
+            "test" => &self.test,
+            _ => panic!("unknown split {name:?}"),
+        }
+    }
+
+    fn from_fn(mut f: impl FnMut(&str) -> T) -> Self {
+        Self {
+            train: f(SPLITS[0]),
+            valid: f(SPLITS[1]),
+            test: f(SPLITS[2]),
+        }
+    }
+}
+
+/// What the run read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Input {
+    /// The dataset root (`data`).
+    pub root: PathBuf,
+    pub lesion: Lesion,
+    pub sources: Vec<InputSource>,
+    /// Sources per ground-truth warning code ([`crate::prep::TruthIssue::CODES`], every code,
+    /// in that order).
+    pub truth_warnings: IndexMap<String, usize>,
+    /// Groups of sources whose images are identical ([`crate::split::same_image_groups`]).
+    pub same_image_groups: Vec<Vec<String>>,
+}
+
+/// One source photograph and its content hashes (blake3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputSource {
+    pub stem: String,
+    pub image_hash: String,
+    pub truth_hash: String,
+}
+
+/// The generation's key and size, with the timings of `run.json` (null when it is missing).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerationStats {
+    pub generation_key: String,
+    pub pairs: usize,
+    pub variants: Vec<String>,
+    pub wall_seconds: Option<f64>,
+    pub pairs_per_second: Option<f64>,
+    pub threads: Option<usize>,
+}
+
+/// Measurements of one split's pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SplitSummary {
+    pub pairs: usize,
+    pub sources: usize,
+    /// Pairs whose mask has no lesion pixel.
+    pub empty_masks: usize,
+    /// Lesion pixels / pixels, per pair.
+    pub foreground_fraction: Distribution,
+    pub lesion_components: LesionComponents,
+    pub image_channels: ImageChannels,
+}
+
+/// 8-connected lesion components of the masks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LesionComponents {
+    pub count: usize,
+    /// Components per pair.
+    pub per_pair: Distribution,
+    /// Component sizes in pixels.
+    pub size_pixels: Distribution,
+}
+
+/// Mean and standard deviation of the RGB channels over all pixels of a split (0..1 scale).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageChannels {
+    pub note: String,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+/// mean, min, p50, p95, max (nearest-rank percentiles, rounded to 6 decimals); all null for an
+/// empty list.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Distribution {
+    pub mean: Option<f64>,
+    pub min: Option<f64>,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub max: Option<f64>,
+}
 
 /// Per-pair measurements.
 #[derive(Debug, Clone, Default)]
@@ -28,8 +151,8 @@ struct PairStats {
     pixels: u64,
 }
 
-/// Computes the statistics of the run, writes `stats.json` and `stats.png`, returns the JSON.
-pub fn stats(cfg: &Config) -> Result<Value> {
+/// Computes the statistics of the run, writes `stats.json` and `stats.png`, returns them.
+pub fn stats(cfg: &Config) -> Result<Stats> {
     let run_dir = cfg.run_dir();
     crate::split::require_complete(&run_dir)?;
     let m = Manifest::load(&run_dir)?;
@@ -46,88 +169,80 @@ pub fn stats(cfg: &Config) -> Result<Value> {
         .map(|p| measure(&run_dir, p).map(|s| (p, s)))
         .collect::<Result<_>>()?;
 
-    let mut splits = serde_json::Map::new();
-    let mut counts = serde_json::Map::new();
-    for name in SPLITS {
-        let items: Vec<&(&PairRecord, PairStats)> = measured
+    let in_split = |name: &str| -> Vec<&(&PairRecord, PairStats)> {
+        measured
             .iter()
             .filter(|(p, _)| p.split.as_deref() == Some(name))
-            .collect();
-        let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
-        for (p, _) in &items {
-            *per_variant.entry(p.variant.as_str()).or_default() += 1;
+            .collect()
+    };
+    let counts = PerSplit::from_fn(|name| {
+        let mut per_variant: BTreeMap<String, usize> = BTreeMap::new();
+        for (p, _) in in_split(name) {
+            *per_variant.entry(p.variant.clone()).or_default() += 1;
         }
-        counts.insert(name.into(), json!(per_variant));
-        splits.insert(
-            name.into(),
-            summarize(&items, split_info.sources[name].len()),
-        );
-    }
-
-    let (config_json, config_hash) = cfg.canonical();
-    let run_info: Value = std::fs::read_to_string(run_dir.join(crate::generate::RUN_INFO))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    let out = json!({
-        "schema": SCHEMA,
-        "tool_version": env!("CARGO_PKG_VERSION"),
-        "config_hash": config_hash,
-        "seed": cfg.seed,
-        "input": {
-            "root": cfg.data.display().to_string(),
-            "lesion": cfg.lesion,
-            "sources": m.sources.iter().map(|s| json!({
-                "stem": s.stem, "image_hash": s.image_hash, "truth_hash": s.truth_hash,
-            })).collect::<Vec<_>>(),
-            "truth_warnings": truth_warning_counts(&m),
-            "same_image_groups": crate::split::same_image_groups(&m),
-        },
-        "generation": {
-            "generation_key": m.generation_key,
-            "pairs": m.pairs.len(),
-            "variants": m.generation["variants"],
-            "wall_seconds": run_info["generate"]["wall_seconds"],
-            "pairs_per_second": run_info["generate"]["pairs_per_second"],
-            "threads": run_info["generate"]["threads"],
-        },
-        "split": {
-            "mode": split_info.mode,
-            "ratios": split_info.ratios,
-            "test_originals_only": split_info.test_originals_only,
-            "sources": split_info.sources,
-        },
-        "counts": counts,
-        "splits": splits,
-        "config": serde_json::from_str::<Value>(&config_json)?,
+        per_variant
     });
+    let splits =
+        PerSplit::from_fn(|name| summarize(&in_split(name), split_info.sources[name].len()));
+
+    let (_, config_hash) = cfg.canonical();
+    let run = crate::generate::RunInfo::read(&run_dir).map(|r| r.generate);
+    let out = Stats {
+        schema: SCHEMA.into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        config_hash,
+        seed: cfg.seed,
+        input: Input {
+            root: cfg.data.clone(),
+            lesion: cfg.lesion,
+            sources: m
+                .sources
+                .iter()
+                .map(|s| InputSource {
+                    stem: s.stem.clone(),
+                    image_hash: s.image_hash.clone(),
+                    truth_hash: s.truth_hash.clone(),
+                })
+                .collect(),
+            truth_warnings: truth_warning_counts(&m),
+            same_image_groups: crate::split::same_image_groups(&m),
+        },
+        generation: GenerationStats {
+            generation_key: m.generation_key.clone(),
+            pairs: m.pairs.len(),
+            variants: m.generation.variants.clone(),
+            wall_seconds: run.as_ref().map(|r| r.wall_seconds),
+            pairs_per_second: run.as_ref().map(|r| r.pairs_per_second),
+            threads: run.as_ref().map(|r| r.threads),
+        },
+        split: split_info.clone(),
+        counts,
+        splits,
+        config: cfg.clone(),
+    };
     write_json(&run_dir.join("stats.json"), &out)?;
     crate::io::commit_point("stats: stats.json written");
     let bars: Vec<(String, usize)> = SPLITS
         .iter()
-        .map(|s| {
-            (
-                s.to_string(),
-                out["splits"][s]["pairs"].as_u64().unwrap_or(0) as usize,
-            )
-        })
+        .map(|s| (s.to_string(), out.splits.get(s).pairs))
         .collect();
     crate::plot::bar_chart(&run_dir.join("stats.png"), "Pairs per split", &bars)?;
     Ok(out)
 }
 
 /// Sources per ground-truth warning code ([`crate::prep::TruthIssue`]), every code present.
-fn truth_warning_counts(m: &Manifest) -> Value {
-    let mut out = serde_json::Map::new();
-    for code in crate::prep::TruthIssue::CODES {
-        let n = m
-            .sources
-            .iter()
-            .filter(|s| s.truth_warnings.iter().any(|c| c == code))
-            .count();
-        out.insert(code.into(), json!(n));
-    }
-    Value::Object(out)
+fn truth_warning_counts(m: &Manifest) -> IndexMap<String, usize> {
+    crate::prep::TruthIssue::CODES
+        .iter()
+        .map(|code| {
+            let n = m
+                .sources
+                .iter()
+                .filter(|s| s.truth_warnings.iter().any(|c| c == code))
+                .count();
+            (code.to_string(), n)
+        })
+        .collect()
 }
 
 fn measure(run_dir: &Path, p: &PairRecord) -> Result<PairStats> {
@@ -159,7 +274,7 @@ fn measure(run_dir: &Path, p: &PairRecord) -> Result<PairStats> {
     Ok(s)
 }
 
-fn summarize(items: &[&(&PairRecord, PairStats)], sources: usize) -> Value {
+fn summarize(items: &[&(&PairRecord, PairStats)], sources: usize) -> SplitSummary {
     let fg: Vec<f64> = items.iter().map(|(_, s)| s.foreground).collect();
     let comps: Vec<f64> = items
         .iter()
@@ -180,39 +295,39 @@ fn summarize(items: &[&(&PairRecord, PairStats)], sources: usize) -> Value {
             std[c] = (sq / pixels - mean[c] * mean[c]).max(0.0).sqrt();
         }
     }
-    json!({
-        "pairs": items.len(),
-        "sources": sources,
-        "empty_masks": items.iter().filter(|(_, s)| s.foreground == 0.0).count(),
-        "foreground_fraction": distribution(&fg),
-        "lesion_components": {
-            "count": comps.len(),
-            "per_pair": distribution(&per_pair),
-            "size_pixels": distribution(&comps),
+    SplitSummary {
+        pairs: items.len(),
+        sources,
+        empty_masks: items.iter().filter(|(_, s)| s.foreground == 0.0).count(),
+        foreground_fraction: distribution(&fg),
+        lesion_components: LesionComponents {
+            count: comps.len(),
+            per_pair: distribution(&per_pair),
+            size_pixels: distribution(&comps),
         },
-        "image_channels": {
-            "note": "RGB of the images scaled to 0..1, over all pixels of the split",
-            "mean": mean.map(round6),
-            "std": std.map(round6),
+        image_channels: ImageChannels {
+            note: "RGB of the images scaled to 0..1, over all pixels of the split".into(),
+            mean: mean.map(round6),
+            std: std.map(round6),
         },
-    })
+    }
 }
 
 /// mean, min, p50, p95, max (nearest-rank percentiles); nulls for an empty list.
-pub fn distribution(values: &[f64]) -> Value {
+pub fn distribution(values: &[f64]) -> Distribution {
     if values.is_empty() {
-        return json!({"mean": null, "min": null, "p50": null, "p95": null, "max": null});
+        return Distribution::default();
     }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-    json!({
-        "mean": round6(v.iter().sum::<f64>() / v.len() as f64),
-        "min": round6(v[0]),
-        "p50": round6(rank(0.5)),
-        "p95": round6(rank(0.95)),
-        "max": round6(v[v.len() - 1]),
-    })
+    Distribution {
+        mean: Some(round6(v.iter().sum::<f64>() / v.len() as f64)),
+        min: Some(round6(v[0])),
+        p50: Some(round6(rank(0.5))),
+        p95: Some(round6(rank(0.95))),
+        max: Some(round6(v[v.len() - 1])),
+    }
 }
 
 fn round6(x: f64) -> f64 {
@@ -220,19 +335,19 @@ fn round6(x: f64) -> f64 {
 }
 
 /// A few lines for the terminal.
-pub fn summary(stats: &Value) -> String {
+pub fn summary(stats: &Stats) -> String {
     let mut out = String::new();
     for name in SPLITS {
-        let s = &stats["splits"][name];
+        let s = stats.splits.get(name);
         out += &format!(
             "{name:>5}: {:>5} pairs from {:>3} sources, {} empty masks, lesion fraction mean {:.4} \
              (p95 {:.4}), {} lesion components\n",
-            s["pairs"],
-            s["sources"],
-            s["empty_masks"],
-            s["foreground_fraction"]["mean"].as_f64().unwrap_or(0.0),
-            s["foreground_fraction"]["p95"].as_f64().unwrap_or(0.0),
-            s["lesion_components"]["count"],
+            s.pairs,
+            s.sources,
+            s.empty_masks,
+            s.foreground_fraction.mean.unwrap_or(0.0),
+            s.foreground_fraction.p95.unwrap_or(0.0),
+            s.lesion_components.count,
         );
     }
     out
@@ -245,10 +360,10 @@ mod tests {
     #[test]
     fn distribution_uses_nearest_rank() {
         let d = distribution(&[5.0, 1.0, 3.0, 2.0, 4.0]);
-        assert_eq!(d["min"], 1.0);
-        assert_eq!(d["p50"], 3.0);
-        assert_eq!(d["p95"], 5.0);
-        assert_eq!(d["mean"], 3.0);
-        assert!(distribution(&[])["mean"].is_null());
+        assert_eq!(d.min, Some(1.0));
+        assert_eq!(d.p50, Some(3.0));
+        assert_eq!(d.p95, Some(5.0));
+        assert_eq!(d.mean, Some(3.0));
+        assert_eq!(distribution(&[]), Distribution::default());
     }
 }

@@ -442,7 +442,7 @@ fn evaluate_scores_match_an_independent_forward_pass() {
     assert_eq!(json["pooled"]["TP"].as_u64().unwrap(), tp);
     assert_eq!(json["pooled"]["FP"].as_u64().unwrap(), fp);
     assert_eq!(json["pooled"]["FN"].as_u64().unwrap(), fn_);
-    assert_eq!(report.summary, json);
+    assert_eq!(serde_json::to_value(&report.summary).unwrap(), json);
     assert_eq!(json["choices"]["threshold"].as_f64(), Some(0.5));
     assert_eq!(json["choices"]["inference"]["mode"].as_str(), Some("whole"));
     assert_eq!(json["model"]["arch"].as_str(), Some("unet"));

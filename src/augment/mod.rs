@@ -17,7 +17,7 @@ pub mod warp;
 use std::borrow::Cow;
 
 use image::{GrayImage, RgbImage};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::config::VariantsConfig;
 use crate::rng::rng_for;
@@ -54,6 +54,41 @@ pub struct LensVariant {
     pub centres: Vec<[f64; 2]>,
 }
 
+/// A variant's parameters as the manifest records them (`params` of a pair record): a JSON
+/// object whose keys tell the kind (the record's `variant` names it too); `{}` for orig and
+/// the flips. Angles in degrees, `ratio` and `shear` unitless, `alpha`/`sigma` in pixels,
+/// `amount` a fraction of the side (distortion) or the lens exponent, `radius` and `centres`
+/// fractions of the width/height.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VariantParams {
+    Rotate {
+        degrees: f64,
+    },
+    Shrink {
+        ratio: f64,
+    },
+    Shear {
+        shear: f64,
+    },
+    Elastic {
+        alpha: f64,
+        sigma: f64,
+    },
+    /// Before `Distort`: its keys are a superset of one of distort's.
+    Lens {
+        amount: f64,
+        radius: f64,
+        centres: Vec<[f64; 2]>,
+    },
+    Distort {
+        amount: f64,
+        sigma: f64,
+    },
+    /// Last: an untagged empty struct matches any object.
+    None {},
+}
+
 impl Variant {
     /// The name used in file names, e.g. `rotate_20`, `elastic_1300_8`, `barrel_3`.
     pub fn name(&self) -> String {
@@ -88,18 +123,26 @@ impl Variant {
         }
     }
 
-    /// Parameters as JSON, for the manifest.
-    pub fn params(&self) -> Value {
+    /// Parameters, for the manifest's pair records.
+    pub fn params(&self) -> VariantParams {
         match self {
-            Variant::Orig | Variant::HFlip | Variant::VFlip => json!({}),
-            Variant::Rotate(a) => json!({ "degrees": a }),
-            Variant::Shrink(r) => json!({ "ratio": r }),
-            Variant::ShearX(s) | Variant::ShearY(s) => json!({ "shear": s }),
-            Variant::Elastic { alpha, sigma } => json!({ "alpha": alpha, "sigma": sigma }),
-            Variant::Distort { amount, sigma } => json!({ "amount": amount, "sigma": sigma }),
-            Variant::Lens(l) => json!({
-                "amount": l.amount, "radius": l.radius, "centres": l.centres,
-            }),
+            Variant::Orig | Variant::HFlip | Variant::VFlip => VariantParams::None {},
+            Variant::Rotate(a) => VariantParams::Rotate { degrees: *a },
+            Variant::Shrink(r) => VariantParams::Shrink { ratio: *r },
+            Variant::ShearX(s) | Variant::ShearY(s) => VariantParams::Shear { shear: *s },
+            Variant::Elastic { alpha, sigma } => VariantParams::Elastic {
+                alpha: *alpha,
+                sigma: *sigma,
+            },
+            Variant::Distort { amount, sigma } => VariantParams::Distort {
+                amount: *amount,
+                sigma: *sigma,
+            },
+            Variant::Lens(l) => VariantParams::Lens {
+                amount: l.amount,
+                radius: l.radius,
+                centres: l.centres.clone(),
+            },
         }
     }
 

@@ -6,10 +6,10 @@
 
 use image::{GrayImage, Luma};
 use imageproc::region_labelling::{connected_components, Connectivity};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Lesion-wise counts of one image (or pooled: the sums).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LesionCounts {
     /// Reference lesions (8-connected ground-truth components inside the field of view).
     pub n_ref: u64,
@@ -51,17 +51,6 @@ impl LesionCounts {
     /// n_pred_true / n_pred; None when nothing is predicted.
     pub fn precision(&self) -> Option<f64> {
         (self.n_pred > 0).then(|| self.n_pred_true as f64 / self.n_pred as f64)
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "Recall": self.recall(),
-            "Precision": self.precision(),
-            "n_ref": self.n_ref,
-            "found": self.found,
-            "n_pred": self.n_pred,
-            "n_pred_true": self.n_pred_true,
-        })
     }
 }
 

@@ -7,16 +7,17 @@
 //! - lesion-wise detection ([`lesions`]: 8-connected reference lesions found by overlap);
 //! - the field of view: DIARETDB1's `fmask.tif` when present, else estimated from the photograph
 //!   ([`fov_from_image`]);
-//! - per-image and pooled summaries in nnU-Net's `summary.json` layout ([`summary_json`]).
+//! - per-image and pooled summaries in nnU-Net's `summary.json` layout ([`summary`]).
 
 pub mod aupr;
 pub mod lesions;
 pub mod photos;
 
+use std::path::PathBuf;
+
 use anyhow::{ensure, Result};
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 pub use aupr::PrHistogram;
 pub use lesions::LesionCounts;
@@ -117,26 +118,69 @@ impl ImageScore {
         self.fov_pixels += o.fov_pixels;
     }
 
-    /// nnU-Net's per-case keys (`Dice`, `IoU`, `Precision`, `Recall`, `TP`, `FP`, `FN`, `TN`,
-    /// `n_pred`, `n_ref`) plus `AUPR`, `fov_pixels` and `lesion_wise`; undefined scores are null.
-    pub fn to_json(&self) -> Value {
+    /// nnU-Net's per-case scores of these counts; undefined scores are `None` (null).
+    pub fn metrics(&self) -> Metrics {
         let c = &self.pixels;
-        json!({
-            "Dice": c.dice(),
-            "IoU": c.iou(),
-            "Precision": c.precision(),
-            "Recall": c.recall(),
-            "TP": c.tp,
-            "FP": c.fp,
-            "FN": c.fn_,
-            "TN": c.tn,
-            "n_pred": c.tp + c.fp,
-            "n_ref": c.tp + c.fn_,
-            "AUPR": self.pr.aupr(),
-            "fov_pixels": self.fov_pixels,
-            "lesion_wise": self.lesions.to_json(),
-        })
+        Metrics {
+            dice: c.dice(),
+            iou: c.iou(),
+            precision: c.precision(),
+            recall: c.recall(),
+            tp: c.tp,
+            fp: c.fp,
+            fn_: c.fn_,
+            tn: c.tn,
+            n_pred: c.tp + c.fp,
+            n_ref: c.tp + c.fn_,
+            aupr: self.pr.aupr(),
+            fov_pixels: self.fov_pixels,
+            lesion_wise: LesionWise {
+                recall: self.lesions.recall(),
+                precision: self.lesions.precision(),
+                counts: self.lesions,
+            },
+        }
     }
+}
+
+/// nnU-Net's per-case keys (`Dice`, `IoU`, `Precision`, `Recall`, `TP`, `FP`, `FN`, `TN`,
+/// `n_pred`, `n_ref`) plus `AUPR`, `fov_pixels` (pixels scored) and `lesion_wise`. Scores are
+/// fractions in [0, 1], null where undefined (an empty denominator); counts are pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    #[serde(rename = "Dice")]
+    pub dice: Option<f64>,
+    #[serde(rename = "IoU")]
+    pub iou: Option<f64>,
+    #[serde(rename = "Precision")]
+    pub precision: Option<f64>,
+    #[serde(rename = "Recall")]
+    pub recall: Option<f64>,
+    #[serde(rename = "TP")]
+    pub tp: u64,
+    #[serde(rename = "FP")]
+    pub fp: u64,
+    #[serde(rename = "FN")]
+    pub fn_: u64,
+    #[serde(rename = "TN")]
+    pub tn: u64,
+    pub n_pred: u64,
+    pub n_ref: u64,
+    #[serde(rename = "AUPR")]
+    pub aupr: Option<f64>,
+    pub fov_pixels: u64,
+    pub lesion_wise: LesionWise,
+}
+
+/// Lesion-wise detection scores ([`lesions`]) with the counts they come from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LesionWise {
+    #[serde(rename = "Recall")]
+    pub recall: Option<f64>,
+    #[serde(rename = "Precision")]
+    pub precision: Option<f64>,
+    #[serde(flatten)]
+    pub counts: LesionCounts,
 }
 
 /// Scores one probability map against a binary reference (lesion where > 0), counting only the
@@ -219,46 +263,92 @@ pub const FOV_MIN_LEVEL: u8 = 20;
 #[derive(Debug, Clone)]
 pub struct Case {
     pub image: String,
-    /// Extra per-case fields (file names), merged into the case's JSON object.
-    pub files: Value,
+    /// Where the image and its reference came from (written beside `image`).
+    pub files: CaseFiles,
     pub score: ImageScore,
 }
 
-/// nnU-Net `summary.json` layout: `metric_per_case` (per image: `image`, the `files` fields,
-/// `metrics`), `mean` (means over the images where each score is defined, with the count of
-/// images whose Dice is defined) and `pooled` (the scores of the summed counts).
-pub fn summary_json(cases: &[Case]) -> Value {
+/// The files and frame of one scored photograph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseFiles {
+    pub image_file: PathBuf,
+    pub reference_file: PathBuf,
+    /// The photograph's own size, pixels.
+    pub width: u32,
+    pub height: u32,
+    /// How its field of view was obtained ([`photos::Fov::how`]).
+    pub fov: String,
+}
+
+/// One image of a summary as written: its name, files and scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub image: String,
+    #[serde(flatten)]
+    pub files: CaseFiles,
+    pub metrics: Metrics,
+}
+
+/// Means over the images where each score is defined (nnU-Net's nanmean); null when none is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Mean {
+    #[serde(rename = "Dice")]
+    pub dice: Option<f64>,
+    #[serde(rename = "IoU")]
+    pub iou: Option<f64>,
+    #[serde(rename = "Precision")]
+    pub precision: Option<f64>,
+    #[serde(rename = "Recall")]
+    pub recall: Option<f64>,
+    #[serde(rename = "AUPR")]
+    pub aupr: Option<f64>,
+    pub lesion_recall: Option<f64>,
+    pub lesion_precision: Option<f64>,
+    /// Images whose Dice is defined (a reference lesion or a predicted pixel).
+    pub cases_with_defined_dice: usize,
+}
+
+/// nnU-Net `summary.json` layout: `mean` (see [`Mean`]), `pooled` (the scores of the counts
+/// summed over the images) and `metric_per_case`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub mean: Mean,
+    pub pooled: Metrics,
+    pub metric_per_case: Vec<CaseRecord>,
+}
+
+/// The [`Summary`] of `cases`.
+pub fn summary(cases: &[Case]) -> Summary {
     let mut pooled = ImageScore::default();
     for c in cases {
         pooled.add(&c.score);
     }
     let mean =
         |f: &dyn Fn(&ImageScore) -> Option<f64>| mean_defined(cases.iter().map(|c| f(&c.score)));
-    let per_case: Vec<Value> = cases
-        .iter()
-        .map(|c| {
-            let mut v = json!({ "image": c.image });
-            if let (Some(obj), Some(files)) = (v.as_object_mut(), c.files.as_object()) {
-                obj.extend(files.clone());
-            }
-            v["metrics"] = c.score.to_json();
-            v
-        })
-        .collect();
-    json!({
-        "mean": {
-            "Dice": mean(&|s| s.pixels.dice()),
-            "IoU": mean(&|s| s.pixels.iou()),
-            "Precision": mean(&|s| s.pixels.precision()),
-            "Recall": mean(&|s| s.pixels.recall()),
-            "AUPR": mean(&|s| s.pr.aupr()),
-            "lesion_recall": mean(&|s| s.lesions.recall()),
-            "lesion_precision": mean(&|s| s.lesions.precision()),
-            "cases_with_defined_dice": cases.iter().filter(|c| c.score.pixels.dice().is_some()).count(),
+    Summary {
+        mean: Mean {
+            dice: mean(&|s| s.pixels.dice()),
+            iou: mean(&|s| s.pixels.iou()),
+            precision: mean(&|s| s.pixels.precision()),
+            recall: mean(&|s| s.pixels.recall()),
+            aupr: mean(&|s| s.pr.aupr()),
+            lesion_recall: mean(&|s| s.lesions.recall()),
+            lesion_precision: mean(&|s| s.lesions.precision()),
+            cases_with_defined_dice: cases
+                .iter()
+                .filter(|c| c.score.pixels.dice().is_some())
+                .count(),
         },
-        "pooled": pooled.to_json(),
-        "metric_per_case": per_case,
-    })
+        pooled: pooled.metrics(),
+        metric_per_case: cases
+            .iter()
+            .map(|c| CaseRecord {
+                image: c.image.clone(),
+                files: c.files.clone(),
+                metrics: c.score.metrics(),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -345,24 +435,45 @@ mod tests {
         let t = gray(2, 1, &[255, 0]);
         let good = score_image(&prob(2, 1, &[0.9, 0.1]), &t, None, 0.5).unwrap();
         let empty = score_image(&prob(2, 1, &[0.1, 0.1]), &gray(2, 1, &[0, 0]), None, 0.5).unwrap();
+        let files = |name: &str| CaseFiles {
+            image_file: format!("{name}.png").into(),
+            reference_file: format!("truth/{name}.png").into(),
+            width: 2,
+            height: 1,
+            fov: "none".into(),
+        };
         let cases = vec![
             Case {
                 image: "a".into(),
-                files: json!({"image_file": "a.png"}),
+                files: files("a"),
                 score: good,
             },
             Case {
                 image: "b".into(),
-                files: json!({}),
+                files: files("b"),
                 score: empty,
             },
         ];
-        let s = summary_json(&cases);
-        assert_eq!(s["mean"]["Dice"], json!(1.0));
-        assert_eq!(s["mean"]["cases_with_defined_dice"], json!(1));
-        assert_eq!(s["pooled"]["TN"], json!(3));
-        assert_eq!(s["pooled"]["AUPR"], json!(1.0));
-        assert_eq!(s["metric_per_case"][0]["image_file"], json!("a.png"));
-        assert_eq!(s["metric_per_case"][1]["metrics"]["Dice"], Value::Null);
+        let s = summary(&cases);
+        assert_eq!(s.mean.dice, Some(1.0));
+        assert_eq!(s.mean.cases_with_defined_dice, 1);
+        assert_eq!(s.pooled.tn, 3);
+        assert_eq!(s.pooled.aupr, Some(1.0));
+        assert_eq!(s.metric_per_case[1].metrics.dice, None);
+        // The written layout: nnU-Net's keys, the files beside `image`, null where undefined.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["metric_per_case"][0]["image_file"], "a.png");
+        assert_eq!(v["metric_per_case"][1]["metrics"]["Dice"], serde_json::Value::Null);
+        assert_eq!(v["pooled"]["lesion_wise"]["n_ref"], 1);
+        let keys: Vec<&String> = v["pooled"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "Dice", "IoU", "Precision", "Recall", "TP", "FP", "FN", "TN", "n_pred", "n_ref",
+                "AUPR", "fov_pixels", "lesion_wise"
+            ]
+        );
+        let back: Summary = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
     }
 }

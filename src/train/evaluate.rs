@@ -8,17 +8,20 @@
 //! writes the reference's `evaluation.csv` (`loss,<v>` / `dice_coef,<v>`: BCE + soft Dice over the
 //! test pairs at `generate.size`).
 
+use std::path::PathBuf;
+
 use anyhow::Result;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::batches::eval_batches;
 use super::data::scan_split;
-use super::fullres::evaluate_photos;
+use super::fullres::{evaluate_photos, PhotoEvaluation};
 use super::model::Model;
 use super::{checkpoint, device, io};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
-use crate::io::{write_atomic, write_json};
+use crate::train_config::ModelConfig;
+use crate::io::{write_csv, write_json};
 use crate::scoring::photos::{folder_photos, test_split_photos};
 
 /// What `evaluate` computed (also written to `<run>/eval/`).
@@ -28,7 +31,27 @@ pub struct EvalReport {
     pub loss: Option<f64>,
     pub dice_coef: Option<f64>,
     /// The whole evaluation.json.
-    pub summary: Value,
+    pub summary: Evaluation,
+}
+
+/// Schema of evaluation.json; v2 since the full-resolution scores (issue 9).
+pub const SCHEMA: &str = "fundus-pipeline/evaluation/v2";
+
+/// `evaluation.json`: the checkpoint, the reference's loss and soft Dice, and the scores of the
+/// photographs at full resolution ([`PhotoEvaluation`], whose fields sit at the top level).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub schema: String,
+    /// The weights file scored.
+    pub checkpoint: PathBuf,
+    pub checkpoint_epoch: usize,
+    pub model: ModelConfig,
+    /// BCE + soft Dice over the test pairs at `generate.size` (null when scoring a folder).
+    pub loss: Option<f64>,
+    pub dice_coef: Option<f64>,
+    pub loss_note: String,
+    #[serde(flatten)]
+    pub photos: PhotoEvaluation,
 }
 
 /// Evaluates the `best` checkpoint of `<run>/train/` and writes `<run>/eval/evaluation.json`
@@ -60,54 +83,49 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
     if cfg.evaluate.images.is_none() {
         let test = scan_split(&run, "test")?;
         let m = eval_batches(&model, &test, cfg.train.batch_size, size, None, None)?;
-        write_atomic(
+        write_csv(
             &out.join("evaluation.csv"),
-            format!("loss,{}\ndice_coef,{}\n", m.loss, m.dice).as_bytes(),
+            [("loss", m.loss), ("dice_coef", m.dice)],
+            false,
         )?;
         (loss, dice_coef) = (Some(m.loss), Some(m.dice));
     }
 
     let net = |x: &tch::Tensor| model.predict(x);
     let body = evaluate_photos(&net, device, cfg, &photos, &source)?;
-    let mut summary = json!({
-        "schema": "fundus-pipeline/evaluation/v2",
-        "checkpoint": checkpoint::resolve(&ckpt_dir, "best")?.join(checkpoint::WEIGHTS),
-        "checkpoint_epoch": state.epoch,
-        "model": state.model,
-        "loss": loss,
-        "dice_coef": dice_coef,
-        "loss_note": "loss and dice_coef: the reference's BCE + soft Dice over the test pairs at generate.size (null when scoring a folder)",
-    });
-    let obj = summary.as_object_mut().expect("object");
-    for (k, v) in body.as_object().expect("object") {
-        obj.insert(k.clone(), v.clone());
-    }
+    let summary = Evaluation {
+        schema: SCHEMA.into(),
+        checkpoint: checkpoint::resolve(&ckpt_dir, "best")?.join(checkpoint::WEIGHTS),
+        checkpoint_epoch: state.epoch,
+        model: state.model,
+        loss,
+        dice_coef,
+        loss_note: "loss and dice_coef: the reference's BCE + soft Dice over the test pairs at generate.size (null when scoring a folder)".into(),
+        photos: body,
+    };
     write_json(&out.join("evaluation.json"), &summary)?;
-    let f = |v: &Value| v.as_f64().map_or("n/a".to_string(), |v| format!("{v:.4}"));
-    let p = &summary["pooled"];
+    let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    let primary = &summary.photos.primary;
+    let p = &primary.summary.pooled;
     println!(
         "evaluate: {} photographs at full resolution, ground truth >= {} (of 252): pooled Dice {} IoU {} AUPR {}, lesion recall {} precision {}; written to {}",
         photos.len(),
-        summary["gt_min_value"],
-        f(&p["Dice"]),
-        f(&p["IoU"]),
-        f(&p["AUPR"]),
-        f(&p["lesion_wise"]["Recall"]),
-        f(&p["lesion_wise"]["Precision"]),
+        primary.gt_min_value,
+        f(p.dice),
+        f(p.iou),
+        f(p.aupr),
+        f(p.lesion_wise.recall),
+        f(p.lesion_wise.precision),
         out.display()
     );
-    for extra in summary["extra_gt_thresholds"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let p = &extra["pooled"];
+    for extra in &summary.photos.extra_gt_thresholds {
+        let p = &extra.summary.pooled;
         println!(
             "evaluate: ground truth >= {}: pooled Dice {} AUPR {}, lesion recall {}",
-            extra["gt_min_value"],
-            f(&p["Dice"]),
-            f(&p["AUPR"]),
-            f(&p["lesion_wise"]["Recall"])
+            extra.gt_min_value,
+            f(p.dice),
+            f(p.aupr),
+            f(p.lesion_wise.recall)
         );
     }
     Ok(EvalReport {

@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Context, Result};
 use image::RgbImage;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::data::images_tensor;
@@ -16,7 +16,8 @@ use crate::io::open_image;
 use crate::prep::{binarize, fill_colour, square_image};
 use crate::recipe_config::InferMode;
 use crate::scoring::photos::{fov_for, load_fmask, Photo};
-use crate::scoring::{score_image, summary_json, Case, ProbMap};
+use crate::recipe_config::FovSource;
+use crate::scoring::{score_image, summary, Case, CaseFiles, ProbMap, Summary};
 use crate::sliding::{predict_map, to_original_frame, Mode, Window};
 
 /// How photographs are run through the network (resolved from `generate.size`,
@@ -50,30 +51,51 @@ impl Inference {
         }
     }
 
-    /// The choices as JSON (for evaluation.json).
-    pub fn to_json(&self) -> Value {
-        let mut v = json!({
-            "resized_to": format!(
+    /// The choices, as evaluation.json and `infer` state them.
+    pub fn choices(&self) -> InferenceChoices {
+        let (mode, tile, overlap, weighting) = match self.window.mode {
+            Mode::Whole => ("whole", None, None, None),
+            Mode::Sliding { tile, overlap } => (
+                "sliding-window",
+                Some(tile),
+                Some(overlap),
+                Some(format!(
+                    "gaussian, sigma = tile/8 = {} px",
+                    f64::from(tile) / 8.0
+                )),
+            ),
+        };
+        InferenceChoices {
+            resized_to: format!(
                 "padded to a centred square (fill = pixel (2,2)), resized to {0}x{0}; probabilities resized back (bilinear, f32) to the photograph's frame",
                 self.size
             ),
-            "flips": self.window.flips,
-            "tiles_per_pass": self.batch,
-        });
-        match self.window.mode {
-            Mode::Whole => v["mode"] = json!("whole"),
-            Mode::Sliding { tile, overlap } => {
-                v["mode"] = json!("sliding-window");
-                v["tile"] = json!(tile);
-                v["overlap"] = json!(overlap);
-                v["weighting"] = json!(format!(
-                    "gaussian, sigma = tile/8 = {} px",
-                    f64::from(tile) / 8.0
-                ));
-            }
+            flips: self.window.flips,
+            tiles_per_pass: self.batch,
+            mode: mode.into(),
+            tile,
+            overlap,
+            weighting,
         }
-        v
     }
+}
+
+/// How photographs went through the network (`choices.inference` of evaluation.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceChoices {
+    pub resized_to: String,
+    /// Flip test-time augmentation.
+    pub flips: bool,
+    pub tiles_per_pass: usize,
+    /// `whole` or `sliding-window`.
+    pub mode: String,
+    /// Sliding window: tile side (px), overlap (fraction of the tile) and tile weighting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighting: Option<String>,
 }
 
 /// Probabilities of `img` in its own frame (same width and height). `net` maps a float batch
@@ -106,7 +128,7 @@ pub fn evaluate_photos(
     cfg: &Config,
     photos: &[Photo],
     source: &str,
-) -> Result<Value> {
+) -> Result<PhotoEvaluation> {
     let inf = Inference::from_config(cfg);
     let e = &cfg.evaluate;
     let thresholds: Vec<f64> = std::iter::once(e.gt_threshold)
@@ -138,13 +160,13 @@ pub fn evaluate_photos(
                 .with_context(|| format!("scoring {}", photo.image.display()))?;
             cases[k].push(Case {
                 image: photo.stem.clone(),
-                files: json!({
-                    "image_file": photo.image,
-                    "reference_file": photo.truth,
-                    "width": img.width(),
-                    "height": img.height(),
-                    "fov": fov.how,
-                }),
+                files: CaseFiles {
+                    image_file: photo.image.clone(),
+                    reference_file: photo.truth.clone(),
+                    width: img.width(),
+                    height: img.height(),
+                    fov: fov.how.clone(),
+                },
                 score,
             });
         }
@@ -162,37 +184,78 @@ pub fn evaluate_photos(
         fov_used.push(fov.how);
     }
     fov_used.dedup();
-    let block = |k: usize| {
-        let mut v = summary_json(&cases[k]);
-        v["gt_threshold"] = json!(thresholds[k]);
-        v["gt_min_value"] = json!(gt_min_value(thresholds[k]));
-        v
+    let block = |k: usize| ThresholdSummary {
+        summary: summary(&cases[k]),
+        gt_threshold: thresholds[k],
+        gt_min_value: gt_min_value(thresholds[k]),
     };
-    let mut out = block(0);
-    let choices = json!({
-        "images": source,
-        "resolution": "original photograph (each case's width x height)",
-        "threshold": cfg.infer.threshold,
-        "threshold_rule": "predicted lesion where probability >= threshold",
-        "gt_threshold": e.gt_threshold,
-        "gt_rule": "reference lesion where ground-truth value v > 0 and v / 252 >= gt_threshold",
-        "gt_min_value": gt_min_value(e.gt_threshold),
-        "fov": fov_used,
-        "fov_setting": e.fov,
-        "inference": inf.to_json(),
-        "aupr_rule": "average precision: sum over thresholds of (R_n - R_{n-1}) P_n, every distinct probability (quantized to 1/65535) a threshold, no interpolation; pixels inside the FOV",
-        "lesion_rule": "reference lesions: 8-connected components of the binarized ground truth inside the FOV, found when a predicted pixel overlaps; lesion precision over 8-connected predicted components that overlap a reference pixel",
-        "mean_rule": "mean over the images where the score is defined (nnU-Net's nanmean)",
-        "pooled_rule": "scores of the counts summed over all images",
-    });
-    let obj = out.as_object_mut().expect("object");
-    obj.insert("choices".into(), choices);
-    obj.insert("images".into(), json!(photos.len()));
-    obj.insert(
-        "extra_gt_thresholds".into(),
-        Value::Array((1..thresholds.len()).map(block).collect()),
-    );
-    Ok(out)
+    let choices = Choices {
+        images: source.into(),
+        resolution: "original photograph (each case's width x height)".into(),
+        threshold: cfg.infer.threshold,
+        threshold_rule: "predicted lesion where probability >= threshold".into(),
+        gt_threshold: e.gt_threshold,
+        gt_rule: "reference lesion where ground-truth value v > 0 and v / 252 >= gt_threshold".into(),
+        gt_min_value: gt_min_value(e.gt_threshold),
+        fov: fov_used,
+        fov_setting: e.fov,
+        inference: inf.choices(),
+        aupr_rule: "average precision: sum over thresholds of (R_n - R_{n-1}) P_n, every distinct probability (quantized to 1/65535) a threshold, no interpolation; pixels inside the FOV".into(),
+        lesion_rule: "reference lesions: 8-connected components of the binarized ground truth inside the FOV, found when a predicted pixel overlaps; lesion precision over 8-connected predicted components that overlap a reference pixel".into(),
+        mean_rule: "mean over the images where the score is defined (nnU-Net's nanmean)".into(),
+        pooled_rule: "scores of the counts summed over all images".into(),
+    };
+    Ok(PhotoEvaluation {
+        primary: block(0),
+        choices,
+        images: photos.len(),
+        extra_gt_thresholds: (1..thresholds.len()).map(block).collect(),
+    })
+}
+
+/// The scores of the photographs at the primary ground-truth threshold (nnU-Net's layout,
+/// flattened into the top level), the choices, and the same at each extra threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhotoEvaluation {
+    #[serde(flatten)]
+    pub primary: ThresholdSummary,
+    pub choices: Choices,
+    /// Photographs scored.
+    pub images: usize,
+    pub extra_gt_thresholds: Vec<ThresholdSummary>,
+}
+
+/// A [`Summary`] at one ground-truth threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdSummary {
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Fraction of 252 a ground-truth value must reach to count as lesion.
+    pub gt_threshold: f64,
+    /// The lowest ground-truth value (of 252) that counts ([`gt_min_value`]).
+    pub gt_min_value: u16,
+}
+
+/// Every choice the scores depend on, stated (`choices` of evaluation.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choices {
+    /// Where the photographs came from.
+    pub images: String,
+    pub resolution: String,
+    /// Probability threshold (`infer.threshold`).
+    pub threshold: f64,
+    pub threshold_rule: String,
+    pub gt_threshold: f64,
+    pub gt_rule: String,
+    pub gt_min_value: u16,
+    /// How the fields of view were obtained (consecutive repeats removed).
+    pub fov: Vec<String>,
+    pub fov_setting: FovSource,
+    pub inference: InferenceChoices,
+    pub aupr_rule: String,
+    pub lesion_rule: String,
+    pub mean_rule: String,
+    pub pooled_rule: String,
 }
 
 fn fmt(v: Option<f64>) -> String {

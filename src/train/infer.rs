@@ -124,7 +124,7 @@ pub fn infer_run(
     let (model, _) = Model::load(&cfg.model, size, &dir, "best", device)?;
     let model = model.with_input_norm(cfg.train.input_norm);
     let inference = Inference::from_config(cfg);
-    println!("infer: {}", inference.to_json());
+    println!("infer: {}", serde_json::to_string(&inference.choices())?);
     let net = |x: &tch::Tensor| model.predict(x);
     let out = infer_dir.map_or_else(|| cfg.run_dir().join("infer"), Path::to_path_buf);
     io::create_dir(&out)?;

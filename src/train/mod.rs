@@ -39,7 +39,7 @@ use tch::{Kind, Tensor};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
 
-pub use evaluate::{evaluate_run, EvalReport};
+pub use evaluate::{evaluate_run, EvalReport, Evaluation};
 pub use infer::{infer_run, InferOutput};
 pub use model::{Model, SegNet};
 pub use trainer::{train_run, TrainReport};

@@ -18,7 +18,7 @@ use super::patch_data::Recipe;
 use super::{device, io, plot, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
-use crate::io::{encode_jpeg_rgb, encode_png_rgb, write_atomic};
+use crate::io::{encode_jpeg_rgb, encode_png_rgb, write_atomic, write_csv};
 
 /// What a training run did (the files hold the same; tests read this).
 #[derive(Debug, Clone)]
@@ -372,19 +372,34 @@ fn remove_previous_run(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `train_losses.csv` (`epoch,loss,val_loss`) and `train_metrics.csv`
+/// (`epoch,dice_coef,val_dice_coef`): the reference's Keras CSV logs, one row per epoch.
 fn write_csvs(out: &Path, rows: &[EpochRow]) -> Result<()> {
-    let mut losses = String::from("epoch,loss,val_loss\n");
-    let mut metrics = String::from("epoch,dice_coef,val_dice_coef\n");
-    for r in rows {
-        losses.push_str(&format!("{},{},{}\n", r.epoch, r.loss, r.val_loss));
-        metrics.push_str(&format!(
-            "{},{},{}\n",
-            r.epoch, r.dice_coef, r.val_dice_coef
-        ));
+    #[derive(serde::Serialize)]
+    struct Losses {
+        epoch: usize,
+        loss: f64,
+        val_loss: f64,
     }
-    write_atomic(&out.join("train_losses.csv"), losses.as_bytes())?;
+    #[derive(serde::Serialize)]
+    struct Metrics {
+        epoch: usize,
+        dice_coef: f64,
+        val_dice_coef: f64,
+    }
+    let losses = rows.iter().map(|r| Losses {
+        epoch: r.epoch,
+        loss: r.loss,
+        val_loss: r.val_loss,
+    });
+    write_csv(&out.join("train_losses.csv"), losses, true)?;
     checkpoint::commit_point("train_losses.csv");
-    write_atomic(&out.join("train_metrics.csv"), metrics.as_bytes())?;
+    let metrics = rows.iter().map(|r| Metrics {
+        epoch: r.epoch,
+        dice_coef: r.dice_coef,
+        val_dice_coef: r.val_dice_coef,
+    });
+    write_csv(&out.join("train_metrics.csv"), metrics, true)?;
     checkpoint::commit_point("train_metrics.csv");
     Ok(())
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs libtorch for the `tch` crate into a project-local venv (.venv-torch), the way
-# SPEC section 9 describes: the PyPI torch wheel without its CUDA dependencies, plus the two
+# Installs libtorch for the `tch` crate into a project-local venv (.venv-torch), as README.md
+# ("libtorch") describes: the PyPI torch wheel without its CUDA dependencies, plus the two
 # CUDA runtime libraries that libtorch_cpu.so loads at start. Idempotent: a second run that
 # finds the right torch version returns at once.
 #

@@ -1,7 +1,7 @@
 //! One source -> one square `size` x `size` pair: binarize the ground truth at full resolution,
 //! pad to a centred square (fill = the image's pixel at (2, 2), mask fill 0), then downscale with an
 //! anti-aliased filter (image) and by area average re-thresholded at 0.5 (mask). The inverse,
-//! [`unsquare`], takes a prediction back to the original frame for inference.
+//! [`crate::sliding::to_original_frame`], takes a prediction back to the photograph's frame.
 
 use anyhow::{ensure, Context, Result};
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -231,30 +231,6 @@ pub fn prepare(img: &RgbImage, mask: &GrayImage, size: u32) -> Result<Pair> {
     Ok(Pair { image, mask, fill })
 }
 
-/// Takes a `size` x `size` gray map (e.g. a probability scaled to 0..255) back to the original
-/// frame: bilinear resize to the padded square, then crop the padding away.
-pub fn unsquare(map: &GrayImage, g: &SquareGeometry) -> Result<GrayImage> {
-    ensure!(
-        map.width() == g.size && map.height() == g.size,
-        "prediction is {}x{}, expected {}x{}",
-        map.width(),
-        map.height(),
-        g.size,
-        g.size
-    );
-    let big = resize(
-        map.as_raw().clone(),
-        g.size,
-        g.size,
-        g.side,
-        g.side,
-        PixelType::U8,
-        FilterType::Bilinear,
-    )?;
-    let big = GrayImage::from_raw(g.side, g.side, big).expect("buffer size");
-    Ok(image::imageops::crop_imm(&big, g.pad_x, g.pad_y, g.orig_w, g.orig_h).to_image())
-}
-
 pub(crate) fn resize(
     buf: Vec<u8>,
     w: u32,
@@ -360,8 +336,11 @@ mod tests {
         assert!(p.image.get_pixel(73, 50)[0] > 200);
         // Round trip to the original frame.
         let g = SquareGeometry::new(300, 200, 100);
-        let back = unsquare(&p.mask, &g).unwrap();
+        let probs = crate::scoring::ProbMap::from_fn(100, 100, |x, y| {
+            image::Luma([f32::from(p.mask.get_pixel(x, y)[0]) / 255.0])
+        });
+        let back = crate::sliding::to_original_frame(&probs, &g).unwrap();
         assert_eq!(back.dimensions(), (300, 200));
-        assert!(back.get_pixel(220, 100)[0] > 127 && back.get_pixel(100, 100)[0] < 128);
+        assert!(back.get_pixel(220, 100)[0] > 0.5 && back.get_pixel(100, 100)[0] < 0.5);
     }
 }

@@ -387,24 +387,6 @@ fn link_dataset(run_dir: &Path, old: &Manifest, new: &mut Manifest) -> Result<()
     Ok(())
 }
 
-/// Source stems that have files in more than one split (a leak). Empty for a correct split.
-pub fn leaked_sources(m: &Manifest) -> Vec<String> {
-    let mut splits: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for p in &m.pairs {
-        if let Some(s) = &p.split {
-            splits
-                .entry(p.source.as_str())
-                .or_default()
-                .insert(s.as_str());
-        }
-    }
-    splits
-        .into_iter()
-        .filter(|(_, s)| s.len() > 1)
-        .map(|(k, _)| k.to_string())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,7 +105,7 @@ impl ModelConfig {
     }
 }
 
-/// Training loop settings (defaults mirror the reference's config, SPEC section 7).
+/// Training loop settings (defaults mirror the reference's config; docs/training.md#config-reference).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {

@@ -467,3 +467,32 @@ fn killed_generation_resumes_to_the_same_bytes() {
     );
     assert!(!runs[1].join("out/t/generate.journal").exists());
 }
+
+/// `pipeline generate | head -0`: the reader is gone before the first line. The process ends at
+/// that line quietly (SIGPIPE, which a shell reports as status 141), with no panic message, and
+/// the generation it had finished is complete (`verify` passes).
+#[cfg(unix)]
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let c = Case::new(2);
+    let mut fds = [0; 2];
+    // SAFETY: plain pipe(2)/close(2) on fresh descriptors; the write end is handed to Stdio,
+    // which owns it from then on.
+    let stdout = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        std::process::Stdio::from_raw_fd(fds[1])
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["generate", "--config", c.cfg()])
+        .stdout(stdout)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", out.status);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    let verified = pipeline_ok(&["verify", "--config", c.cfg()]);
+    assert!(verified.contains("all match manifest.json"), "{verified}");
+}

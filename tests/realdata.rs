@@ -1,6 +1,7 @@
 //! The real-photograph recipe through the binary (issue 9), on tiny synthetic data: patch
 //! training with a lesion-aware loss, evaluation at the photographs' own resolution with every
-//! choice stated, and scoring of any folder of photographs.
+//! choice stated, and scoring of any folder of photographs. Needs the `train` feature.
+#![cfg(feature = "train")]
 
 mod common;
 

@@ -9,11 +9,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use fundus_pipeline::cli::DeviceChoice;
 use fundus_pipeline::config::Config;
-use fundus_pipeline::prep::{square_mask, SquareGeometry};
 use fundus_pipeline::train::adam::Adam;
 use fundus_pipeline::train::checkpoint::{self, TrainState};
 use fundus_pipeline::train::data::{scan_split, Batch};
-use fundus_pipeline::train::infer::mask_from_probs;
 use fundus_pipeline::train::metrics::soft_dice;
 use fundus_pipeline::train::metrics::{bce_dice_loss, Confusion};
 use fundus_pipeline::train::{evaluate_run, infer_run, probs_to_vec, train_run, Model};
@@ -446,36 +444,6 @@ fn evaluate_scores_match_an_independent_forward_pass() {
     assert_eq!(json["choices"]["threshold"].as_f64(), Some(0.5));
     assert_eq!(json["choices"]["inference"]["mode"].as_str(), Some("whole"));
     assert_eq!(json["model"]["arch"].as_str(), Some("unet"));
-}
-
-#[test]
-fn unsquare_path_puts_a_lesion_back_where_it_was() {
-    // A 60x40 picture with a lesion at x 40..50, y 10..20; a perfect prediction in the 32x32
-    // square frame must come back at the original size and place.
-    let (w, h) = (60, 40);
-    let mask = GrayImage::from_fn(w, h, |x, y| {
-        Luma([if (40..50).contains(&x) && (10..20).contains(&y) {
-            255
-        } else {
-            0
-        }])
-    });
-    let sq = square_mask(&mask, SIZE).unwrap();
-    let probs: Vec<f32> = sq.pixels().map(|p| f32::from(p[0]) / 255.0).collect();
-    let g = SquareGeometry::new(w, h, SIZE);
-    let back = mask_from_probs(&probs, &g, 0.5).unwrap();
-    assert_eq!(back.dimensions(), (w, h));
-    assert!(back.pixels().all(|p| p[0] == 0 || p[0] == 255));
-    let c = Confusion::from_probs(
-        &back
-            .pixels()
-            .map(|p| f32::from(p[0]) / 255.0)
-            .collect::<Vec<_>>(),
-        mask.as_raw(),
-        0.5,
-    );
-    assert!(c.iou().unwrap() > 0.6, "{c:?}");
-    assert!(back.get_pixel(45, 15)[0] == 255 && back.get_pixel(10, 30)[0] == 0);
 }
 
 #[test]

@@ -13,8 +13,7 @@ use crate::cli::DeviceChoice;
 use crate::config::Config;
 use crate::input::image_files;
 use crate::io::{encode_png_gray, encode_png_rgb, write_atomic};
-use crate::prep::{unsquare, SquareGeometry};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
 /// Files written for one input.
@@ -85,25 +84,6 @@ pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>>
         );
     }
     Ok(out)
-}
-
-/// Probabilities of a `size` x `size` square -> a 0/255 mask in the original frame.
-pub fn mask_from_probs(probs: &[f32], g: &SquareGeometry, threshold: f64) -> Result<GrayImage> {
-    let map = GrayImage::from_raw(
-        g.size,
-        g.size,
-        probs
-            .iter()
-            .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
-            .collect(),
-    )
-    .context("probability map has the wrong size")?;
-    let back = unsquare(&map, g)?;
-    // 0.5 -> 128: the threshold on the 0..255 scale, rounded half up.
-    let t = (threshold * 255.0).round() as u8;
-    Ok(GrayImage::from_fn(back.width(), back.height(), |x, y| {
-        Luma([if back.get_pixel(x, y)[0] >= t { 255 } else { 0 }])
-    }))
 }
 
 /// Predicts a mask for every input image ([`input_images`]) with the `best` checkpoint of

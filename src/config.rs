@@ -75,10 +75,11 @@ impl Default for Config {
     }
 }
 
-/// The four DIARETDB1 ground-truth kinds.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// The four DIARETDB1 ground-truth kinds (default: hemorrhages, as the config's).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Lesion {
+    #[default]
     Hemorrhages,
     Hardexudates,
     Softexudates,
@@ -467,6 +468,11 @@ impl Config {
     /// `<out>/<name>`: where this run's outputs go.
     pub fn run_dir(&self) -> PathBuf {
         self.out.join(&self.name)
+    }
+
+    /// The paths of this run's folder ([`Self::run_dir`]).
+    pub fn layout(&self) -> crate::run_layout::RunLayout {
+        crate::run_layout::RunLayout::new(self.run_dir())
     }
 
     /// The config as canonical JSON (stable key order), and its blake3 hash (hex).

@@ -3,7 +3,7 @@
 //! the manifest; every number is computed from the files themselves.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use image::Luma;
@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Lesion};
 use crate::io::{open_image, write_json};
-use crate::manifest::{dataset_path, Manifest, PairRecord, SplitInfo};
-use crate::split::SPLITS;
+use crate::manifest::{Manifest, PairRecord, SplitInfo};
+use crate::run_layout::{PairPart, RunLayout, Split};
 
 pub const SCHEMA: &str = "fundus-pipeline/stats/v1";
 
@@ -47,21 +47,20 @@ pub struct PerSplit<T> {
 }
 
 impl<T> PerSplit<T> {
-    /// The value of split `name` (one of [`SPLITS`]).
-    pub fn get(&self, name: &str) -> &T {
-        match name {
-            "train" => &self.train,
-            "valid" => &self.valid,
-            "test" => &self.test,
-            _ => panic!("unknown split {name:?}"),
+    /// The value of `split`.
+    pub fn get(&self, split: Split) -> &T {
+        match split {
+            Split::Train => &self.train,
+            Split::Valid => &self.valid,
+            Split::Test => &self.test,
         }
     }
 
-    fn from_fn(mut f: impl FnMut(&str) -> T) -> Self {
+    fn from_fn(mut f: impl FnMut(Split) -> T) -> Self {
         Self {
-            train: f(SPLITS[0]),
-            valid: f(SPLITS[1]),
-            test: f(SPLITS[2]),
+            train: f(Split::Train),
+            valid: f(Split::Valid),
+            test: f(Split::Test),
         }
     }
 }
@@ -151,42 +150,41 @@ struct PairStats {
     pixels: u64,
 }
 
-/// Computes the statistics of the run, writes `stats.json` and `stats.png`, returns them.
-pub fn stats(cfg: &Config) -> Result<Stats> {
-    let run_dir = cfg.run_dir();
-    crate::split::require_complete(&run_dir)?;
-    let m = Manifest::load(&run_dir)?;
+/// Computes the statistics of the run from its manifest `m` (with a complete split) and the split
+/// files, writes `stats.json` and `stats.png`, returns them.
+pub fn stats(cfg: &Config, m: &Manifest) -> Result<Stats> {
+    let run = cfg.layout();
     let split_info = m.split.as_ref().with_context(|| {
         format!(
             "{} has no split yet (run `pipeline split` first)",
-            run_dir.join("manifest.json").display()
+            run.manifest().display()
         )
     })?;
     let measured: Vec<(&PairRecord, PairStats)> = m
         .pairs
         .par_iter()
         .filter(|p| p.split.is_some())
-        .map(|p| measure(&run_dir, p).map(|s| (p, s)))
+        .map(|p| measure(&run, p).map(|s| (p, s)))
         .collect::<Result<_>>()?;
 
-    let in_split = |name: &str| -> Vec<&(&PairRecord, PairStats)> {
+    let in_split = |split: Split| -> Vec<&(&PairRecord, PairStats)> {
         measured
             .iter()
-            .filter(|(p, _)| p.split.as_deref() == Some(name))
+            .filter(|(p, _)| p.split == Some(split))
             .collect()
     };
-    let counts = PerSplit::from_fn(|name| {
+    let counts = PerSplit::from_fn(|split| {
         let mut per_variant: BTreeMap<String, usize> = BTreeMap::new();
-        for (p, _) in in_split(name) {
+        for (p, _) in in_split(split) {
             *per_variant.entry(p.variant.clone()).or_default() += 1;
         }
         per_variant
     });
     let splits =
-        PerSplit::from_fn(|name| summarize(&in_split(name), split_info.sources[name].len()));
+        PerSplit::from_fn(|split| summarize(&in_split(split), split_info.sources_of(split).len()));
 
     let (_, config_hash) = cfg.canonical();
-    let run = crate::generate::RunInfo::read(&run_dir).map(|r| r.generate);
+    let timing = crate::generate::RunInfo::read(&run).map(|r| r.generate);
     let out = Stats {
         schema: SCHEMA.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -204,29 +202,29 @@ pub fn stats(cfg: &Config) -> Result<Stats> {
                     truth_hash: s.truth_hash.clone(),
                 })
                 .collect(),
-            truth_warnings: truth_warning_counts(&m),
-            same_image_groups: crate::split::same_image_groups(&m),
+            truth_warnings: truth_warning_counts(m),
+            same_image_groups: crate::split::same_image_groups(m),
         },
         generation: GenerationStats {
             generation_key: m.generation_key.clone(),
             pairs: m.pairs.len(),
             variants: m.generation.variants.clone(),
-            wall_seconds: run.as_ref().map(|r| r.wall_seconds),
-            pairs_per_second: run.as_ref().map(|r| r.pairs_per_second),
-            threads: run.as_ref().map(|r| r.threads),
+            wall_seconds: timing.as_ref().map(|r| r.wall_seconds),
+            pairs_per_second: timing.as_ref().map(|r| r.pairs_per_second),
+            threads: timing.as_ref().map(|r| r.threads),
         },
         split: split_info.clone(),
         counts,
         splits,
         config: cfg.clone(),
     };
-    write_json(&run_dir.join("stats.json"), &out)?;
+    write_json(&run.stats_json(), &out)?;
     crate::io::commit_point("stats: stats.json written");
-    let bars: Vec<(String, usize)> = SPLITS
+    let bars: Vec<(String, usize)> = Split::ALL
         .iter()
-        .map(|s| (s.to_string(), out.splits.get(s).pairs))
+        .map(|s| (s.to_string(), out.splits.get(*s).pairs))
         .collect();
-    crate::plot::bar_chart(&run_dir.join("stats.png"), "Pairs per split", &bars)?;
+    crate::plot::bar_chart(&run.stats_png(), "Pairs per split", &bars)?;
     Ok(out)
 }
 
@@ -245,23 +243,26 @@ fn truth_warning_counts(m: &Manifest) -> IndexMap<String, usize> {
         .collect()
 }
 
-fn measure(run_dir: &Path, p: &PairRecord) -> Result<PairStats> {
-    let split = p.split.as_deref().unwrap_or_default();
-    let mask = open_image(&run_dir.join(dataset_path(split, "masks", &p.mask)))?.to_luma8();
-    let image = open_image(&run_dir.join(dataset_path(split, "images", &p.image)))?.to_rgb8();
-    let pixels = u64::from(mask.width()) * u64::from(mask.height());
-    let fg = mask.pixels().filter(|v| v[0] >= 128).count() as f64;
-    let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
+/// Measures one split pair. The lesion share comes from the foreground count generate recorded
+/// (the mask is decoded only when it has lesion pixels, for its components).
+fn measure(run: &RunLayout, p: &PairRecord) -> Result<PairStats> {
+    let file = |part| run.file(&p.dataset_file(part).unwrap_or_default());
+    let image = open_image(&file(PairPart::Image))?.to_rgb8();
+    let pixels = u64::from(image.width()) * u64::from(image.height());
     let mut sizes: BTreeMap<u32, u64> = BTreeMap::new();
-    for l in labels.pixels() {
-        if l[0] != 0 {
-            *sizes.entry(l[0]).or_default() += 1;
+    if p.foreground > 0 {
+        let mask = open_image(&file(PairPart::Mask))?.to_luma8();
+        let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
+        for l in labels.pixels() {
+            if l[0] != 0 {
+                *sizes.entry(l[0]).or_default() += 1;
+            }
         }
     }
     let mut s = PairStats {
-        foreground: fg / pixels as f64,
+        foreground: p.foreground as f64 / pixels as f64,
         components: sizes.into_values().collect(),
-        pixels: u64::from(image.width()) * u64::from(image.height()),
+        pixels,
         ..Default::default()
     };
     for px in image.pixels() {
@@ -337,8 +338,8 @@ fn round6(x: f64) -> f64 {
 /// A few lines for the terminal.
 pub fn summary(stats: &Stats) -> String {
     let mut out = String::new();
-    for name in SPLITS {
-        let s = stats.splits.get(name);
+    for split in Split::ALL {
+        let (name, s) = (split.name(), stats.splits.get(split));
         out += &format!(
             "{name:>5}: {:>5} pairs from {:>3} sources, {} empty masks, lesion fraction mean {:.4} \
              (p95 {:.4}), {} lesion components\n",

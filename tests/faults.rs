@@ -491,8 +491,16 @@ fn closed_stdout_ends_quietly() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", out.status);
-    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
     let verified = pipeline_ok(&["verify", "--config", c.cfg()]);
     assert!(verified.contains("all match manifest.json"), "{verified}");
 }

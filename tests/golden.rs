@@ -46,7 +46,8 @@ fn check(name: &str, actual: &str) {
     if expected == actual {
         return;
     }
-    let (want, got): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let (want, got): (Vec<&str>, Vec<&str>) =
+        (expected.lines().collect(), actual.lines().collect());
     let mut diff = String::new();
     for i in 0..want.len().max(got.len()) {
         let (w, g) = (want.get(i), got.get(i));
@@ -118,10 +119,7 @@ fn tiny_run_manifest_matches_golden() {
     let run = tmp.path().join("out/golden");
     let manifest_bytes = std::fs::read(run.join("manifest.json")).unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
-    let mut text = format!(
-        "manifest.json {}\n",
-        blake3::hash(&manifest_bytes).to_hex()
-    );
+    let mut text = format!("manifest.json {}\n", blake3::hash(&manifest_bytes).to_hex());
     for p in manifest["pairs"].as_array().unwrap() {
         text += &format!(
             "{} {} {} {}\n",
@@ -158,7 +156,13 @@ fn seeded_draw_matches_golden() {
 #[test]
 fn elastic_field_sample_matches_golden() {
     let (w, h) = (64, 48);
-    let d = elastic(w, h, 30.0, 5.0, &mut rng_for(42, "image001", "elastic_30_5"));
+    let d = elastic(
+        w,
+        h,
+        30.0,
+        5.0,
+        &mut rng_for(42, "image001", "elastic_30_5"),
+    );
     let mut text = String::new();
     for (x, y) in [(0, 0), (5, 7), (31, 23), (63, 0), (40, 47), (12, 30)] {
         let i = y * w + x;

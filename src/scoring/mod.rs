@@ -463,14 +463,28 @@ mod tests {
         // The written layout: nnU-Net's keys, the files beside `image`, null where undefined.
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["metric_per_case"][0]["image_file"], "a.png");
-        assert_eq!(v["metric_per_case"][1]["metrics"]["Dice"], serde_json::Value::Null);
+        assert_eq!(
+            v["metric_per_case"][1]["metrics"]["Dice"],
+            serde_json::Value::Null
+        );
         assert_eq!(v["pooled"]["lesion_wise"]["n_ref"], 1);
         let keys: Vec<&String> = v["pooled"].as_object().unwrap().keys().collect();
         assert_eq!(
             keys,
             [
-                "Dice", "IoU", "Precision", "Recall", "TP", "FP", "FN", "TN", "n_pred", "n_ref",
-                "AUPR", "fov_pixels", "lesion_wise"
+                "Dice",
+                "IoU",
+                "Precision",
+                "Recall",
+                "TP",
+                "FP",
+                "FN",
+                "TN",
+                "n_pred",
+                "n_ref",
+                "AUPR",
+                "fov_pixels",
+                "lesion_wise"
             ]
         );
         let back: Summary = serde_json::from_value(v).unwrap();

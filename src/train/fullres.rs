@@ -14,9 +14,9 @@ use super::probs_to_vec;
 use crate::config::Config;
 use crate::io::open_image;
 use crate::prep::{binarize, fill_colour, square_image};
+use crate::recipe_config::FovSource;
 use crate::recipe_config::InferMode;
 use crate::scoring::photos::{fov_for, load_fmask, Photo};
-use crate::recipe_config::FovSource;
 use crate::scoring::{score_image, summary, Case, CaseFiles, ProbMap, Summary};
 use crate::sliding::{predict_map, to_original_frame, Mode, Window};
 

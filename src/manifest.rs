@@ -39,6 +39,11 @@ pub struct SourceRecord {
     pub truth: String,
     pub image_hash: String,
     pub truth_hash: String,
+    /// blake3 of the decoded image (size and RGB pixels): the same photograph in another
+    /// container has the same value ([`crate::generate::pixel_hash`]). Empty in manifests of
+    /// older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pixel_hash: String,
     /// Problems found in the ground truth ([`crate::prep::TruthIssue`] codes), when any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub truth_warnings: Vec<String>,
@@ -124,8 +129,29 @@ impl VerifyReport {
 
 /// Re-hashes every master and dataset file listed in the manifest, and lists files in those
 /// folders that the manifest does not know.
+///
+/// A run that is not complete is an error, not a list of missing files: a generation killed
+/// before or while committing (run `pipeline generate --resume`), or a split interrupted or
+/// refused part-way (run `pipeline split`).
 pub fn verify(run_dir: &Path) -> Result<VerifyReport> {
-    let m = Manifest::load(run_dir)?;
+    let journal = run_dir.join(crate::generate::JOURNAL);
+    if !run_dir.join(FILE_NAME).exists() && journal.exists() {
+        anyhow::bail!(
+            "the run in {} is incomplete: a generation did not finish ({} exists, no {FILE_NAME}); \
+             run `pipeline generate --resume` to finish it",
+            run_dir.display(),
+            journal.display()
+        );
+    }
+    let m = crate::generate::require_complete(run_dir)?;
+    if m.split.is_none() && m.pairs.iter().any(|p| p.split.is_some()) {
+        anyhow::bail!(
+            "the run in {} is incomplete: its split was interrupted or refused part-way ({} \
+             records no complete split); run `pipeline split` to finish it",
+            run_dir.display(),
+            run_dir.join(FILE_NAME).display()
+        );
+    }
     let mut expected: BTreeMap<String, &str> = BTreeMap::new();
     for p in &m.pairs {
         expected.insert(p.image.clone(), &p.image_hash);

@@ -240,7 +240,9 @@ pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result
         .collect();
     let dir = out.map_or_else(|| run_dir.clone(), Path::to_path_buf);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(format!("preview_{stem}.png"));
+    let name = format!("preview_{stem}.png");
+    crate::owned::claim(&dir, &[&name])?;
+    let path = dir.join(name);
     let empty = pairs.iter().filter(|p| p.foreground == 0).count();
     let title = format!(
         "{stem}: {} variants, {} (seed {}){}",
@@ -255,6 +257,11 @@ pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result
     );
     write_sheet(&path, &title, &run_dir, &files)?;
     Ok(path)
+}
+
+/// The file names of the sample sheets, `samples_<split>.png`, in the run folder.
+pub fn sample_sheet_names() -> Vec<String> {
+    SPLITS.iter().map(|s| format!("samples_{s}.png")).collect()
 }
 
 /// The pairs shown for `split`: the sorted names of the split, shuffled by
@@ -273,6 +280,7 @@ pub fn sample_names(seed: u64, split: &str, names: &[String], n: usize) -> Vec<S
 /// Returns the written paths; none when `samples_per_split` is 0.
 pub fn sample_sheets(cfg: &Config) -> Result<Vec<PathBuf>> {
     let run_dir = cfg.run_dir();
+    crate::owned::claim(&run_dir, &sample_sheet_names())?;
     let m = Manifest::load(&run_dir)?;
     if m.split.is_none() {
         anyhow::bail!(

@@ -35,8 +35,9 @@ pub struct SplitReport {
 /// Refuses a run folder whose split is not recorded as complete (never made, interrupted, or
 /// made stale by an interrupted generation), naming the command to run. Called by every stage
 /// that reads `dataset/`.
-pub fn require_complete(run_dir: &Path) -> Result<()> {
-    let m = crate::generate::require_complete(run_dir)?;
+pub fn require_complete(cfg: &Config) -> Result<()> {
+    let run_dir = &cfg.run_dir();
+    let m = crate::generate::require_generated_by(cfg)?;
     if m.split.is_none() {
         bail!(
             "{} records no complete split (never made, or interrupted); run `pipeline split` \
@@ -50,7 +51,8 @@ pub fn require_complete(run_dir: &Path) -> Result<()> {
 /// Splits the run's master set as the config says and writes `dataset/` and the manifest.
 pub fn split(cfg: &Config) -> Result<SplitReport> {
     let run_dir = cfg.run_dir();
-    let mut m = crate::generate::require_complete(&run_dir)?;
+    let mut m = crate::generate::require_generated_by(cfg)?;
+    crate::owned::claim(&run_dir, &[FILE_NAME])?;
     let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;
@@ -177,15 +179,15 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
                 .map(|(k, _)| k.as_str())
         };
         let splits: BTreeSet<&str> = g.iter().filter_map(split_of).collect();
-        let hash = m
-            .sources
+        let files: Vec<String> = g
             .iter()
-            .find(|x| x.stem == g[0])
-            .map(|x| x.image_hash[..12].to_string())
-            .unwrap_or_default();
+            .filter_map(|stem| m.sources.iter().find(|x| &x.stem == stem))
+            .map(|x| cfg.data.join(&x.image).display().to_string())
+            .collect();
         report.warnings.push(format!(
-            "sources {} have identical images (blake3 {hash}...): {}",
+            "sources {} have identical images (the same pixels: {}): {}",
             g.join(", "),
+            files.join(", "),
             if s.mode == SplitMode::BySource {
                 format!(
                     "kept together in {}",
@@ -244,12 +246,19 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
     Ok(report)
 }
 
-/// Groups (sorted stems, groups sorted) of two or more sources with the same image hash.
+/// Groups (sorted stems, groups sorted) of two or more sources with the same image: the same
+/// decoded pixels (`pixel_hash`, so one photograph stored as PNG and as BMP is found), or the
+/// same file bytes in manifests that predate the pixel hash.
 pub fn same_image_groups(m: &Manifest) -> Vec<Vec<String>> {
     let mut by_hash: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for src in &m.sources {
+        let key = if src.pixel_hash.is_empty() {
+            &src.image_hash
+        } else {
+            &src.pixel_hash
+        };
         by_hash
-            .entry(src.image_hash.as_str())
+            .entry(key.as_str())
             .or_default()
             .push(src.stem.clone());
     }

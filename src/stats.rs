@@ -31,7 +31,7 @@ struct PairStats {
 /// Computes the statistics of the run, writes `stats.json` and `stats.png`, returns the JSON.
 pub fn stats(cfg: &Config) -> Result<Value> {
     let run_dir = cfg.run_dir();
-    crate::split::require_complete(&run_dir)?;
+    crate::split::require_complete(cfg)?;
     let m = Manifest::load(&run_dir)?;
     let split_info = m.split.as_ref().with_context(|| {
         format!(
@@ -39,6 +39,10 @@ pub fn stats(cfg: &Config) -> Result<Value> {
             run_dir.join("manifest.json").display()
         )
     })?;
+    // Every file of the stats stage, the sample sheets included, is claimed before any is written.
+    let mut own = vec!["stats.json".to_string(), "stats.png".to_string()];
+    own.extend(crate::preview::sample_sheet_names());
+    crate::owned::claim(&run_dir, &own)?;
     let measured: Vec<(&PairRecord, PairStats)> = m
         .pairs
         .par_iter()

@@ -55,6 +55,7 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
     };
     let out = run.join("eval");
     io::create_dir(&out)?;
+    crate::owned::claim(&out, &["evaluation.csv", "evaluation.json"])?;
 
     let (mut loss, mut dice_coef) = (None, None);
     if cfg.evaluate.images.is_none() {

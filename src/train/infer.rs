@@ -17,6 +17,9 @@ use crate::prep::{unsquare, SquareGeometry};
 use anyhow::{bail, Context, Result};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
+/// What `infer` writes per input `<stem>`: the mask, the green mask, the overlay.
+pub const OUTPUT_SUFFIXES: [&str; 3] = ["_mask.png", "_green.png", "_overlay.png"];
+
 /// Files written for one input.
 #[derive(Debug, Clone)]
 pub struct InferOutput {
@@ -128,6 +131,16 @@ pub fn infer_run(
     let net = |x: &tch::Tensor| model.predict(x);
     let out = infer_dir.map_or_else(|| cfg.run_dir().join("infer"), Path::to_path_buf);
     io::create_dir(&out)?;
+    // Every output name is claimed before the first is written: a file of the same name that
+    // the tool did not make is refused by name, never overwritten (crate::owned).
+    let names: Vec<String> = inputs
+        .iter()
+        .flat_map(|i| {
+            let stem = i.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            OUTPUT_SUFFIXES.map(|suffix| format!("{stem}{suffix}"))
+        })
+        .collect();
+    crate::owned::claim(&out, &names)?;
 
     let mut written = Vec::with_capacity(inputs.len());
     let mut failed: Vec<String> = Vec::new();
@@ -166,9 +179,9 @@ pub fn infer_run(
             .unwrap_or("image")
             .to_string();
         let o = InferOutput {
-            mask: out.join(format!("{stem}_mask.png")),
-            green: out.join(format!("{stem}_green.png")),
-            overlay: out.join(format!("{stem}_overlay.png")),
+            mask: out.join(format!("{stem}{}", OUTPUT_SUFFIXES[0])),
+            green: out.join(format!("{stem}{}", OUTPUT_SUFFIXES[1])),
+            overlay: out.join(format!("{stem}{}", OUTPUT_SUFFIXES[2])),
             input,
         };
         write_atomic(&o.mask, &encode_png_gray(&mask)?)?;

@@ -133,6 +133,8 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
             if frac > 0.0 && n_valid == 0 && n > 1 {
                 n_valid = 1;
             }
+            // Train (whose ratio is positive) keeps at least one source.
+            n_valid = n_valid.min(n - 1);
             let valid = shuffled.split_off(n - n_valid);
             by_source.insert("train".into(), shuffled);
             by_source.insert("valid".into(), valid);

@@ -721,6 +721,7 @@ fn infer_reports_a_bad_input_and_does_the_others() {
     img.save(inputs.join("a.bmp")).unwrap();
     std::fs::write(inputs.join("b.png"), b"not a picture").unwrap();
     img.save(inputs.join("c.PNG")).unwrap();
+    std::fs::create_dir_all(inputs.join("d.png")).unwrap();
     let to = c.root.join("infer-out");
     let o = pipeline(&[
         "infer",
@@ -734,7 +735,15 @@ fn infer_reports_a_bad_input_and_does_the_others() {
         to.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert_refused(&o, &["b.png", "not an image file", "1 of 3 input image(s)"]);
+    assert_refused(
+        &o,
+        &[
+            "b.png",
+            "not an image file",
+            "d.png has an image name but is a folder",
+            "2 of 4 input image(s)",
+        ],
+    );
     for stem in ["a", "c"] {
         assert!(to.join(format!("{stem}_mask.png")).is_file(), "{stem}");
     }

@@ -35,20 +35,35 @@ pub struct InferOutput {
 
 /// The inputs: `images` (command line), else `infer.images`, else the full-size sources of the
 /// test split (`<run>/dataset/test/images/<stem>_orig.*` -> `<data>/resources/images/ddb1_fundusimages/<stem>.png`).
-pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>> {
+/// Also returns the messages of folder entries the reader contract refuses (reported, not fatal).
+pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<(Vec<PathBuf>, Vec<String>)> {
     if let Some(dir) = images.or(cfg.infer.images.as_deref()) {
         if !dir.is_dir() {
             bail!("image folder {} does not exist", dir.display());
         }
-        let files: Vec<PathBuf> = image_files(dir)?.into_values().collect();
-        if files.is_empty() {
+        // Entries the reader contract refuses (two files for one name, a folder with an image
+        // name) are reported like unreadable inputs: the other inputs still get their masks.
+        let listing = crate::input::list_images(dir)?;
+        let refused: Vec<String> = listing
+            .ambiguous
+            .iter()
+            .map(|(stem, paths)| crate::input::ambiguous_message(stem, paths))
+            .chain(
+                listing
+                    .not_files
+                    .values()
+                    .map(|p| crate::input::not_a_file_message(p)),
+            )
+            .collect();
+        let files: Vec<PathBuf> = listing.images.into_values().collect();
+        if files.is_empty() && refused.is_empty() {
             bail!(
                 "no images ({}) in {}",
                 crate::input::EXTENSIONS.join(", "),
                 dir.display()
             );
         }
-        return Ok(files);
+        return Ok((files, refused));
     }
     let test = cfg.run_dir().join("dataset/test/images");
     if !test.is_dir() {
@@ -87,7 +102,7 @@ pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>>
             test.display()
         );
     }
-    Ok(out)
+    Ok((out, Vec::new()))
 }
 
 /// Probabilities of a `size` x `size` square -> a 0/255 mask in the original frame.
@@ -119,7 +134,7 @@ pub fn infer_run(
     images: Option<&Path>,
     infer_dir: Option<&Path>,
 ) -> Result<Vec<InferOutput>> {
-    let inputs = input_images(cfg, images)?;
+    let (inputs, refused) = input_images(cfg, images)?;
     let device = device::select_for("infer", choice)?;
     let size = cfg.generate.size;
     cfg.model.check_size(size)?;
@@ -144,7 +159,11 @@ pub fn infer_run(
 
     let mut written = Vec::with_capacity(inputs.len());
     let mut failed: Vec<String> = Vec::new();
-    let n_inputs = inputs.len();
+    let n_inputs = inputs.len() + refused.len();
+    for message in refused {
+        eprintln!("error: infer: {message}");
+        failed.push(message);
+    }
     for input in inputs {
         // One bad input does not stop the others: report it, go on, fail at the end.
         let img = match crate::input::read_image(&input, cfg.max_image_pixels) {

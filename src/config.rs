@@ -398,8 +398,8 @@ impl Config {
             finite(&format!("generate.variants.elastic[{i}].sigma"), e.sigma)?;
             if e.alpha < 0.0 || e.alpha > MAX_ALPHA {
                 bail!(
-                    "`generate.variants.elastic[{i}].alpha` must be within 0..={MAX_ALPHA} \
-                     pixels, got {}",
+                    "`generate.variants.elastic[{i}].alpha` must be >= 0 and at most \
+                     {MAX_ALPHA} pixels, got {}",
                     e.alpha
                 );
             }

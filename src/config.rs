@@ -308,6 +308,12 @@ impl Config {
 
     /// Parses config JSON; a type or key error names the field's path (e.g. `generate.size`).
     pub fn from_json(text: &str) -> Result<Config> {
+        // serde also accepts a struct written as an array of its values (`[...]` for `{...}`);
+        // a config is objects all the way down, so that form is refused, naming the key.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+            let shape = serde_json::to_value(Config::default()).expect("config serializes");
+            objects_where_expected(&value, &shape, "")?;
+        }
         let de = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -360,7 +366,20 @@ impl Config {
         let v = &g.variants;
         for (i, a) in v.rotate.iter().enumerate() {
             finite(&format!("generate.variants.rotate[{i}]"), *a)?;
+            if a.abs() > MAX_ROTATE {
+                bail!(
+                    "`generate.variants.rotate[{i}]` must be within -{MAX_ROTATE}..={MAX_ROTATE} \
+                     degrees, got {a}"
+                );
+            }
         }
+        no_duplicates("generate.variants.rotate", &v.rotate)?;
+        no_duplicates("generate.variants.shrink", &v.shrink)?;
+        no_duplicates("generate.variants.shear_x", &v.shear_x)?;
+        no_duplicates("generate.variants.shear_y", &v.shear_y)?;
+        no_duplicates("generate.variants.distort", &v.distort)?;
+        no_duplicates("generate.variants.elastic", &v.elastic)?;
+        no_duplicates("generate.variants.lens.centres", &v.lens.centres)?;
         for (i, r) in v.shrink.iter().enumerate() {
             finite(&format!("generate.variants.shrink[{i}]"), *r)?;
             if *r <= 0.0 || *r > 1.0 {
@@ -378,9 +397,10 @@ impl Config {
         for (i, e) in v.elastic.iter().enumerate() {
             finite(&format!("generate.variants.elastic[{i}].alpha"), e.alpha)?;
             finite(&format!("generate.variants.elastic[{i}].sigma"), e.sigma)?;
-            if e.alpha < 0.0 {
+            if e.alpha < 0.0 || e.alpha > MAX_ALPHA {
                 bail!(
-                    "`generate.variants.elastic[{i}].alpha` must be >= 0, got {}",
+                    "`generate.variants.elastic[{i}].alpha` must be >= 0 and at most \
+                     {MAX_ALPHA} pixels, got {}",
                     e.alpha
                 );
             }
@@ -409,9 +429,11 @@ impl Config {
         let l = &v.lens;
         finite("generate.variants.lens.amount", l.amount)?;
         finite("generate.variants.lens.radius", l.radius)?;
-        if l.amount < 0.0 || l.amount > 2.0 {
+        let lens_on = l.barrel || l.pincushion;
+        if l.amount < 0.0 || l.amount > 2.0 || (lens_on && l.amount == 0.0) {
             bail!(
-                "`generate.variants.lens.amount` must be within 0..=2, got {}",
+                "`generate.variants.lens.amount` must be in (0, 2] (0 would copy the original), \
+                 got {}",
                 l.amount
             );
         }
@@ -424,12 +446,41 @@ impl Config {
         if (l.barrel || l.pincushion) && l.centres.is_empty() {
             bail!("`generate.variants.lens.centres` must not be empty when barrel or pincushion is on");
         }
+        let (lo, hi) = LENS_CENTRE_RANGE;
         for (i, c) in l.centres.iter().enumerate() {
             for x in c {
                 finite(&format!("generate.variants.lens.centres[{i}]"), *x)?;
+                if !(lo..=hi).contains(x) {
+                    bail!(
+                        "`generate.variants.lens.centres[{i}]` must be within {lo}..={hi} (fractions \
+                         of the width and height), got [{}, {}]",
+                        c[0],
+                        c[1]
+                    );
+                }
+            }
+            // The warped disc must reach into the image, or the variant is a copy of `orig`.
+            let dx = (c[0] - c[0].clamp(0.0, 1.0)).abs();
+            let dy = (c[1] - c[1].clamp(0.0, 1.0)).abs();
+            if (dx * dx + dy * dy).sqrt() >= l.radius {
+                bail!(
+                    "`generate.variants.lens.centres[{i}]` [{}, {}] is so far outside the image \
+                     that its disc (`lens.radius` {}) misses it: the variant would be a copy of \
+                     the original",
+                    c[0],
+                    c[1],
+                    l.radius
+                );
             }
         }
         let s = &self.split;
+        finite("split.train", s.train)?;
+        if s.train <= 0.0 {
+            bail!(
+                "`split.train` must be > 0 (training needs sources), got {}",
+                s.train
+            );
+        }
         for (field, r) in [
             ("split.train", s.train),
             ("split.valid", s.valid),
@@ -448,9 +499,6 @@ impl Config {
                 s.valid,
                 s.test
             );
-        }
-        if s.train <= 0.0 {
-            bail!("`split.train` must be > 0");
         }
         crate::train_config::validate(&self.model, &self.train, &self.infer)?;
         crate::recipe_config::validate_evaluate(&self.evaluate)?;
@@ -493,6 +541,82 @@ impl Config {
         .hash()
     }
 }
+
+/// Refuses an array (or any non-object) in `value` where the default config `shape` has an
+/// object (a struct), recursively; `path` is the key path so far (empty at the top).
+fn objects_where_expected(
+    value: &serde_json::Value,
+    shape: &serde_json::Value,
+    path: &str,
+) -> Result<()> {
+    use serde_json::Value;
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    match (shape, value) {
+        (Value::Object(_), Value::Object(_)) | (_, Value::Null) => {}
+        (Value::Object(_), other) => {
+            if path.is_empty() {
+                bail!(
+                    "the config must be a JSON object ({{\"name\": ..., ...}}), got {}",
+                    kind(other)
+                );
+            }
+            bail!(
+                "`{path}` must be a JSON object ({{...}} with named keys), got {}",
+                kind(other)
+            );
+        }
+        _ => {}
+    }
+    match (shape, value) {
+        (Value::Object(s), Value::Object(v)) => {
+            for (k, sub) in v {
+                if let Some(shape) = s.get(k) {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    objects_where_expected(sub, shape, &p)?;
+                }
+            }
+        }
+        (Value::Array(s), Value::Array(v)) => {
+            if let Some(shape @ Value::Object(_)) = s.first() {
+                for (i, sub) in v.iter().enumerate() {
+                    objects_where_expected(sub, shape, &format!("{path}[{i}]"))?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuses a list whose entries repeat (they would give one variant, silently collapsed).
+fn no_duplicates<T: PartialEq + std::fmt::Debug>(field: &str, list: &[T]) -> Result<()> {
+    for (i, x) in list.iter().enumerate() {
+        if let Some(j) = list[..i].iter().position(|y| y == x) {
+            bail!("`{field}[{i}]` repeats `{field}[{j}]` ({x:?}); each value may appear once");
+        }
+    }
+    Ok(())
+}
+
+/// Largest accepted rotation angle magnitude, degrees.
+pub const MAX_ROTATE: f64 = 360.0;
+
+/// Largest accepted elastic `alpha` (pixels; the default is 1300).
+pub const MAX_ALPHA: f64 = 100_000.0;
+
+/// Lens centres must lie within this range (fractions of width / height).
+pub const LENS_CENTRE_RANGE: (f64, f64) = (-0.5, 1.5);
 
 /// Every variant name (which is part of file names, `<stem>_<variant>.png`) must be at most
 /// [`MAX_VARIANT_NAME`] characters; the message names the field and shows the name.

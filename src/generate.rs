@@ -46,6 +46,13 @@ use crate::run_layout::RunLayout;
 
 /// File name of the journal ([`RunLayout::JOURNAL`]).
 pub const JOURNAL: &str = RunLayout::JOURNAL;
+/// The files of the run folder a generation writes or removes (see [`crate::owned`]).
+const OWN_FILES: [&str; 4] = [
+    RunLayout::JOURNAL,
+    RunLayout::COMMIT,
+    RunLayout::MANIFEST,
+    RunLayout::RUN_INFO,
+];
 
 /// How to run the generation.
 #[derive(Debug, Clone, Default)]
@@ -91,7 +98,11 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     let started = Instant::now();
     let run = cfg.layout();
     let run_dir = run.root().to_path_buf();
-    crate::run_dir::check_apart(&run_dir, &[("dataset root (`data`)", &cfg.data)])?;
+    crate::run_dir::check_apart(
+        &run_dir,
+        crate::run_dir::RUN_FOLDER,
+        &[(crate::run_dir::DATASET_ROOT, &cfg.data)],
+    )?;
     let scan = scan(&cfg.data, cfg.lesion)?;
     let key = cfg.generation_key();
     let variants = plan(&cfg.generate.variants);
@@ -108,8 +119,12 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     };
     let mut notes = Vec::new();
 
+    // The run folder's files this command writes or removes must be its own (crate::owned).
+    let mut owned = crate::owned::Owned::open(&run_dir)?;
+    owned.check(&OWN_FILES)?;
     let prior = Prior::read(&run)?;
     prior.check(&run, &key, opts.force)?;
+    owned.claim(&OWN_FILES)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
     // A commit that was under way is finished first: its set is complete and recorded.
@@ -246,6 +261,65 @@ pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
         );
     }
     Manifest::load(run)
+}
+
+/// [`require_complete`], and the master set must be the one `cfg` generates: a config whose
+/// generation settings (seed, lesion, `generate`) differ from the recorded ones is refused,
+/// naming the first differing key and the command to rerun. Called by every stage that reads
+/// the master set or the split (split, stats, preview, train, evaluate).
+pub fn require_generated_by(cfg: &Config) -> Result<Manifest> {
+    let m = require_complete(&cfg.layout())?;
+    check_generated_by(cfg, &m)?;
+    Ok(m)
+}
+
+/// Refuses `m` (the run's manifest) when its generation settings are not `cfg`'s; see
+/// [`require_generated_by`].
+pub fn check_generated_by(cfg: &Config, m: &Manifest) -> Result<()> {
+    let run = cfg.layout();
+    if m.generation_key != cfg.generation_key() {
+        let now = json!({"seed": cfg.seed, "lesion": cfg.lesion, "generate": cfg.generate});
+        let diff = first_difference(&m.generation, &now, "")
+            .unwrap_or_else(|| "a generation setting differs".to_string());
+        bail!(
+            "this config does not match the master set in {}: {diff}; rerun `pipeline generate` \
+             with this config (`--force` replaces the run), or use the config the run was made \
+             with",
+            run.root().display()
+        );
+    }
+    Ok(())
+}
+
+/// The first key (in `now`'s order) whose value differs between the recorded settings and
+/// `now`, as a sentence naming the key path.
+fn first_difference(
+    recorded: &serde_json::Value,
+    now: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (recorded, now) {
+        (Value::Object(r), Value::Object(n)) => n.iter().find_map(|(k, v)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            match r.get(k) {
+                Some(rv) => first_difference(rv, v, &p),
+                None => Some(format!(
+                    "`{p}` is {v} in this config but not recorded in {}",
+                    RunLayout::MANIFEST
+                )),
+            }
+        }),
+        (r, n) if r != n => Some(format!(
+            "`{path}` is {n} in this config but {r} in {} (the master set was generated with it)",
+            RunLayout::MANIFEST
+        )),
+        _ => None,
+    }
 }
 
 /// The journal's first line.
@@ -487,18 +561,13 @@ fn start_journal(
     }
     write_atomic(&run.journal(), text.as_bytes())?;
     commit_point("generate: journal started");
-    Ok(Kept {
-        pairs: kept,
-        begins,
-    })
+    Ok(Kept { pairs: kept })
 }
 
 /// What `--resume` keeps of an interrupted run.
 #[derive(Debug, Default)]
 struct Kept {
     pairs: HashMap<String, PairRecord>,
-    /// Begin records of the sources those pairs come from (hashes, ground-truth warnings).
-    begins: BTreeMap<String, Begin>,
 }
 
 /// A finished source: its record, its pairs, and its ground-truth warnings (messages).
@@ -525,38 +594,9 @@ impl Ctx<'_> {
             .with_context(|| format!("cannot read {}", src.image.display()))?;
         let truth_bytes = std::fs::read(&src.truth)
             .with_context(|| format!("cannot read {}", src.truth.display()))?;
-        let mut record = SourceRecord {
-            stem: src.stem.clone(),
-            image: rel_path(&self.cfg.data, &src.image),
-            truth: rel_path(&self.cfg.data, &src.truth),
-            image_hash: hash_hex(&image_bytes),
-            truth_hash: hash_hex(&truth_bytes),
-            truth_warnings: Vec::new(),
-        };
-        let name = |v: &Variant| format!("{}_{}", src.stem, v.name());
-        let todo: Vec<&Variant> = self
-            .variants
-            .iter()
-            .filter(|v| !self.kept.pairs.contains_key(&name(v)))
-            .collect();
-        let mut pairs: Vec<PairRecord> = self
-            .variants
-            .iter()
-            .filter_map(|v| self.kept.pairs.get(&name(v)).cloned())
-            .collect();
-        self.bar.inc(pairs.len() as u64);
-        if todo.is_empty() {
-            if let Some(b) = self.kept.begins.get(&src.stem) {
-                record.truth_warnings = b.truth_warnings.clone();
-            }
-            let messages = record
-                .truth_warnings
-                .iter()
-                .map(|c| format!("ground truth {}: {c}", src.truth.display()))
-                .collect();
-            return Ok((record, pairs, messages));
-        }
-
+        // Decoded for every source, even one whose pairs are all kept (`--resume`): the pixel
+        // hash finds the same photograph in another container, and the ground-truth warnings
+        // are reported again in full.
         let max_pixels = self.cfg.max_image_pixels;
         let image = crate::input::decode(&src.image, &image_bytes, max_pixels)?.into_rgb8();
         let truth = crate::input::decode(&src.truth, &truth_bytes, max_pixels)?;
@@ -571,8 +611,16 @@ impl Ctx<'_> {
             truth.width(),
             truth.height()
         );
-        record.truth_warnings = issues.iter().map(|i| i.code().to_string()).collect();
-        let messages = issues
+        let record = SourceRecord {
+            stem: src.stem.clone(),
+            image: rel_path(&self.cfg.data, &src.image),
+            truth: rel_path(&self.cfg.data, &src.truth),
+            image_hash: hash_hex(&image_bytes),
+            truth_hash: hash_hex(&truth_bytes),
+            pixel_hash: pixel_hash(&image),
+            truth_warnings: issues.iter().map(|i| i.code().to_string()).collect(),
+        };
+        let messages: Vec<String> = issues
             .iter()
             .map(|i| {
                 format!(
@@ -582,6 +630,22 @@ impl Ctx<'_> {
                 )
             })
             .collect();
+        let name = |v: &Variant| format!("{}_{}", src.stem, v.name());
+        let todo: Vec<&Variant> = self
+            .variants
+            .iter()
+            .filter(|v| !self.kept.pairs.contains_key(&name(v)))
+            .collect();
+        let mut pairs: Vec<PairRecord> = self
+            .variants
+            .iter()
+            .filter_map(|v| self.kept.pairs.get(&name(v)).cloned())
+            .collect();
+        self.bar.inc(pairs.len() as u64);
+        if todo.is_empty() {
+            return Ok((record, pairs, messages));
+        }
+
         let mut mask = binarize(&truth, self.cfg.generate.threshold);
         if let Some(fov) = self.fov {
             ensure!(
@@ -658,6 +722,16 @@ impl Ctx<'_> {
             split: None,
         })
     }
+}
+
+/// blake3 of an image's size and decoded RGB pixels: equal for the same photograph stored in
+/// different containers (PNG and BMP, different compression), unlike the file hash.
+pub fn pixel_hash(image: &image::RgbImage) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&image.width().to_le_bytes());
+    h.update(&image.height().to_le_bytes());
+    h.update(image.as_raw());
+    h.finalize().to_hex().to_string()
 }
 
 /// Where a file of the new set (`master/...`, relative to the run folder) is staged.

@@ -46,6 +46,9 @@ pub struct Listing {
     pub ambiguous: BTreeMap<String, Vec<PathBuf>>,
     /// Regular files that are not images (reported as warnings by the callers that care).
     pub ignored: Vec<PathBuf>,
+    /// Entries with an image name that are not files (a folder named `image007.png`), by stem:
+    /// refused by every caller with [`not_a_file_message`].
+    pub not_files: BTreeMap<String, PathBuf>,
 }
 
 /// Lists the image files directly in `dir` (links followed); see the module docs.
@@ -64,6 +67,10 @@ pub fn list_images(dir: &Path) -> Result<Listing> {
         if !is_file {
             if path.is_symlink() {
                 out.ignored.push(path);
+            } else if is_image_name(&path) {
+                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                    out.not_files.insert(stem.to_owned(), path.clone());
+                }
             }
             continue;
         }
@@ -89,6 +96,9 @@ pub fn image_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     if let Some((stem, files)) = l.ambiguous.iter().next() {
         bail!("{}", ambiguous_message(stem, files));
     }
+    if let Some(path) = l.not_files.values().next() {
+        bail!("{}", not_a_file_message(path));
+    }
     Ok(l.images)
 }
 
@@ -99,6 +109,15 @@ pub fn ambiguous_message(stem: &str, files: &[PathBuf]) -> String {
         "{} image files share the name {stem}: {} (keep one)",
         files.len(),
         list.join(", ")
+    )
+}
+
+/// The message for an entry with an image name that is not a file (e.g. a folder).
+pub fn not_a_file_message(path: &Path) -> String {
+    format!(
+        "{} has an image name but is a folder (or another non-file), not an image file; rename \
+         or move it",
+        path.display()
     )
 }
 

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod input;
 pub mod io;
 pub mod manifest;
+pub mod owned;
 pub mod patches;
 pub mod plot;
 pub mod prep;
@@ -68,14 +69,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats(a) => {
             let cfg = load(&a)?;
             let _lock = lock_run(&cfg, "stats", false)?;
-            let m = split::require_complete(&cfg.layout())?;
+            let m = split::require_complete(&cfg)?;
             run_stats(&cfg, &m)?;
         }
         Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
             let cfg = load_for_training(&a.dev.common)?;
             let _lock = lock_run(&cfg, "train", false)?;
-            split::require_complete(&cfg.layout())?;
+            split::require_complete(&cfg)?;
             training::train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
@@ -86,7 +87,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 cfg.evaluate.truth = a.truth.clone();
                 recipe_config::validate_evaluate(&cfg.evaluate)?;
             } else {
-                split::require_complete(&cfg.layout())?;
+                split::require_complete(&cfg)?;
             }
             training::evaluate(&cfg, a.dev.device)?;
         }
@@ -100,11 +101,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| cfg.layout().infer_dir());
             // Infer's folder must keep clear of the image folder and of the dataset (its
             // default inputs are the dataset's photographs).
-            let mut inputs = vec![("dataset root (`data`)", cfg.data.as_path())];
+            let mut inputs = vec![(run_dir::DATASET_ROOT, cfg.data.as_path())];
             if let Some(images) = images {
-                inputs.push(("image folder (--images / `infer.images`)", images));
+                inputs.push(("image folder (--images, or config `infer.images`)", images));
             }
-            run_dir::check_apart(&out, &inputs)?;
+            run_dir::check_apart(&out, "infer output folder (--infer-dir)", &inputs)?;
             training::infer(
                 &cfg,
                 a.dev.device,
@@ -115,9 +116,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Preview(a) => {
             let cfg = load(&a.common)?;
             let _lock = lock_run(&cfg, "preview", false)?;
-            let m = generate::require_complete(&cfg.layout())?;
+            let m = generate::require_generated_by(&cfg)?;
             if let Some(dir) = &a.sheet_dir {
-                run_dir::check_apart(dir, &[("dataset root (`data`)", &cfg.data)])?;
+                run_dir::check_apart(
+                    dir,
+                    "sheet folder (--sheet-dir)",
+                    &[(run_dir::DATASET_ROOT, &cfg.data)],
+                )?;
             }
             let path = preview::preview(&cfg, &m, a.source.as_deref(), a.sheet_dir.as_deref())?;
             println!("preview -> {}", path.display());
@@ -163,7 +168,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 /// [`run_dir`]); `create`: the command may create the folder (generate, all).
 fn lock_run(cfg: &Config, command: &str, create: bool) -> Result<run_dir::RunLock> {
     let run = cfg.run_dir();
-    run_dir::check_apart(&run, &[("dataset root (`data`)", &cfg.data)])?;
+    run_dir::check_apart(
+        &run,
+        run_dir::RUN_FOLDER,
+        &[(run_dir::DATASET_ROOT, &cfg.data)],
+    )?;
     run_dir::lock(&run, command, create)
 }
 

@@ -70,6 +70,11 @@ pub struct SourceRecord {
     pub truth: String,
     pub image_hash: String,
     pub truth_hash: String,
+    /// blake3 of the decoded image (size and RGB pixels): the same photograph in another
+    /// container has the same value ([`crate::generate::pixel_hash`]). Empty in manifests of
+    /// older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pixel_hash: String,
     /// Problems found in the ground truth ([`crate::prep::TruthIssue`] codes), when any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub truth_warnings: Vec<String>,
@@ -206,8 +211,30 @@ impl VerifyReport {
 
 /// Re-hashes every master and dataset file listed in the manifest, and lists files in those
 /// folders that the manifest does not know.
+///
+/// A run that is not complete is an error, not a list of missing files: a generation killed
+/// before or while committing (run `pipeline generate --resume`), or a split interrupted or
+/// refused part-way (run `pipeline split`).
 pub fn verify(run: &RunLayout) -> Result<VerifyReport> {
-    let m = Manifest::load(run)?;
+    let journal = run.journal();
+    if !run.manifest().exists() && journal.exists() {
+        anyhow::bail!(
+            "the run in {} is incomplete: a generation did not finish ({} exists, no {}); \
+             run `pipeline generate --resume` to finish it",
+            run.root().display(),
+            journal.display(),
+            RunLayout::MANIFEST
+        );
+    }
+    let m = crate::generate::require_complete(run)?;
+    if m.split.is_none() && m.pairs.iter().any(|p| p.split.is_some()) {
+        anyhow::bail!(
+            "the run in {} is incomplete: its split was interrupted or refused part-way ({} \
+             records no complete split); run `pipeline split` to finish it",
+            run.root().display(),
+            run.manifest().display()
+        );
+    }
     let mut expected: BTreeMap<String, &str> = BTreeMap::new();
     for p in &m.pairs {
         for (_, file, hash) in p.master_files() {

@@ -243,6 +243,9 @@ pub fn preview(
     let path = run.preview_sheet(out, stem);
     let dir = path.parent().unwrap_or(run.root());
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(name) = path.file_name() {
+        crate::owned::claim(dir, &[name.to_string_lossy()])?;
+    }
     let empty = pairs.iter().filter(|p| p.foreground == 0).count();
     let title = format!(
         "{stem}: {} variants, {} (seed {}){}",
@@ -257,6 +260,14 @@ pub fn preview(
     );
     write_sheet(&path, &title, &run, &files)?;
     Ok(path)
+}
+
+/// The file names of the sample sheets, `samples_<split>.png`, in the run folder.
+pub fn sample_sheet_names() -> Vec<String> {
+    Split::ALL
+        .iter()
+        .map(|s| format!("samples_{s}.png"))
+        .collect()
 }
 
 /// The pairs shown for `split`: the sorted names of the split, shuffled by
@@ -275,6 +286,7 @@ pub fn sample_names(seed: u64, split: &str, names: &[String], n: usize) -> Vec<S
 /// `m` is the run's manifest. Returns the written paths; none when `samples_per_split` is 0.
 pub fn sample_sheets(cfg: &Config, m: &Manifest) -> Result<Vec<PathBuf>> {
     let run = cfg.layout();
+    crate::owned::claim(run.root(), &sample_sheet_names())?;
     if m.split.is_none() {
         anyhow::bail!(
             "{} has no split yet (run `pipeline split` first)",

@@ -46,30 +46,80 @@ pub fn resolve(path: &Path) -> PathBuf {
     out
 }
 
-/// Refuses an output folder `out` that is equal to, inside, or contains one of `inputs`
-/// (`(what, path)`, e.g. `("dataset root (`data`)", ...)`). Nothing is written.
-pub fn check_apart(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+/// What the run folder is called in messages: the config keys that make it.
+pub const RUN_FOLDER: &str = "run folder (config `out` + `name`, or --out)";
+
+/// What the dataset root is called in messages.
+pub const DATASET_ROOT: &str = "dataset root (config `data`, or --data)";
+
+/// Refuses an output folder `out` (called `what` in the message, e.g. [`RUN_FOLDER`]) that is
+/// equal to, inside, or contains one of `inputs` (`(what, path)`, e.g. `(DATASET_ROOT, ...)`).
+/// Paths are compared after resolving symbolic links; an input folder whose files are links (a
+/// `cp -rs` tree) is also compared at the real location of its files ([`real_locations`]).
+/// Nothing is written.
+pub fn check_apart(out: &Path, what: &str, inputs: &[(&str, &Path)]) -> Result<()> {
     let o = resolve(out);
-    for (what, input) in inputs {
-        let i = resolve(input);
-        let relation = if o == i {
-            "is"
-        } else if o.starts_with(&i) {
-            "lies inside"
-        } else if i.starts_with(&o) {
-            "contains"
-        } else {
-            continue;
-        };
-        bail!(
-            "output folder {} {relation} the {what} {}; writing there could overwrite or remove \
-             input files, so nothing was written: choose an output folder outside the input data \
-             (`out`/--out, or --infer-dir / --sheet-dir for those commands)",
-            out.display(),
-            input.display()
-        );
+    for (input_what, input) in inputs {
+        for i in real_locations(input) {
+            let relation = if o == i {
+                "is"
+            } else if o.starts_with(&i) {
+                "lies inside"
+            } else if i.starts_with(&o) {
+                "contains"
+            } else {
+                continue;
+            };
+            let real = if i == resolve(input) {
+                String::new()
+            } else {
+                format!(" (its files are links into {})", i.display())
+            };
+            bail!(
+                "{what} {} {relation} the {input_what} {}{real}; writing there could overwrite \
+                 or remove input files, so nothing was written: choose an output folder outside \
+                 the input data",
+                out.display(),
+                input.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// An input folder, resolved, and the real folders its symbolic links point into: for a link
+/// at `<input>/<rel>` whose target ends with `<rel>` the target's matching root (so a `cp -rs`
+/// copy of a dataset gives the original dataset root), otherwise the target's folder. Looks at
+/// most 6 levels deep.
+pub fn real_locations(input: &Path) -> Vec<PathBuf> {
+    let root = resolve(input);
+    let mut out = vec![root.clone()];
+    for entry in walkdir::WalkDir::new(&root)
+        .max_depth(6)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.path_is_symlink())
+    {
+        let Ok(target) = entry.path().canonicalize() else {
+            continue;
+        };
+        let rel = entry.path().strip_prefix(&root).unwrap_or(entry.path());
+        let real = if target.ends_with(rel) {
+            let mut t = target.clone();
+            for _ in rel.components() {
+                t.pop();
+            }
+            t
+        } else if target.is_dir() {
+            target
+        } else {
+            target.parent().map(Path::to_path_buf).unwrap_or(target)
+        };
+        if !out.contains(&real) {
+            out.push(real);
+        }
+    }
+    out
 }
 
 /// An exclusive lock on a run folder, held until dropped.
@@ -99,6 +149,22 @@ pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
         );
     }
     let path = run_dir.join(LOCK_FILE);
+    // The lock file is emptied by its holder; content that is not a holder's line is not ours.
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if !text.is_empty() && !text.starts_with("pid ") {
+            bail!(
+                "{} exists and was not made by pipeline (it is not a lock file of this tool); \
+                 nothing was overwritten: move it away, or choose another `name`/--out",
+                path.display()
+            );
+        }
+    } else if path.symlink_metadata().is_ok() {
+        bail!(
+            "{} exists and is not a lock file of pipeline (not a readable text file); move it \
+             away, or choose another `name`/--out",
+            path.display()
+        );
+    }
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -144,17 +210,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let data = d.path().join("ddb");
         std::fs::create_dir_all(data.join("resources")).unwrap();
-        let inputs = [("dataset root", data.as_path())];
+        let inputs = [(DATASET_ROOT, data.as_path())];
         for (out, word) in [
             (data.clone(), "is"),
             (data.join("resources/x"), "lies inside"),
             (d.path().to_path_buf(), "contains"),
             (data.join("./../ddb"), "is"),
         ] {
-            let e = check_apart(&out, &inputs).unwrap_err().to_string();
+            let e = check_apart(&out, RUN_FOLDER, &inputs)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(word) && e.contains("ddb"), "{e}");
         }
-        check_apart(&d.path().join("out/run"), &inputs).unwrap();
+        check_apart(&d.path().join("out/run"), RUN_FOLDER, &inputs).unwrap();
     }
 
     #[test]

@@ -35,13 +35,14 @@ pub struct SplitReport {
 /// Refuses a run folder whose split is not recorded as complete (never made, interrupted, or
 /// made stale by an interrupted generation), naming the command to run. Called by every stage
 /// that reads `dataset/`.
-pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
-    let m = crate::generate::require_complete(run)?;
+/// The manifest must also be `cfg`'s generation ([`crate::generate::require_generated_by`]).
+pub fn require_complete(cfg: &Config) -> Result<Manifest> {
+    let m = crate::generate::require_generated_by(cfg)?;
     if m.split.is_none() {
         bail!(
             "{} records no complete split (never made, or interrupted); run `pipeline split` \
              with this config first",
-            run.manifest().display()
+            cfg.layout().manifest().display()
         );
     }
     Ok(m)
@@ -49,9 +50,11 @@ pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
 
 /// Splits the run's master set as the config says and writes `dataset/` and the manifest.
 /// `m` is the run's manifest of a complete generation ([`crate::generate::require_complete`]);
-/// the report carries the manifest as saved.
+/// the report carries the manifest as saved. Refused when `m` is not `cfg`'s generation.
 pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
     let run = cfg.layout();
+    crate::generate::check_generated_by(cfg, &m)?;
+    crate::owned::claim(run.root(), &[RunLayout::MANIFEST])?;
     let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;
@@ -129,6 +132,8 @@ pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
             if frac > 0.0 && n_valid == 0 && n > 1 {
                 n_valid = 1;
             }
+            // Train (whose ratio is positive) keeps at least one source.
+            n_valid = n_valid.min(n - 1);
             let valid = shuffled.split_off(n - n_valid);
             by_source.insert(Split::Train, shuffled);
             by_source.insert(Split::Valid, valid);
@@ -174,15 +179,15 @@ pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
                 .map(|(k, _)| k.name())
         };
         let splits: BTreeSet<&str> = g.iter().filter_map(split_of).collect();
-        let hash = m
-            .sources
+        let files: Vec<String> = g
             .iter()
-            .find(|x| x.stem == g[0])
-            .map(|x| x.image_hash[..12].to_string())
-            .unwrap_or_default();
+            .filter_map(|stem| m.sources.iter().find(|x| &x.stem == stem))
+            .map(|x| cfg.data.join(&x.image).display().to_string())
+            .collect();
         report.warnings.push(format!(
-            "sources {} have identical images (blake3 {hash}...): {}",
+            "sources {} have identical images (the same pixels: {}): {}",
             g.join(", "),
+            files.join(", "),
             if s.mode == SplitMode::BySource {
                 format!(
                     "kept together in {}",
@@ -237,12 +242,19 @@ pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
     Ok(report)
 }
 
-/// Groups (sorted stems, groups sorted) of two or more sources with the same image hash.
+/// Groups (sorted stems, groups sorted) of two or more sources with the same image: the same
+/// decoded pixels (`pixel_hash`, so one photograph stored as PNG and as BMP is found), or the
+/// same file bytes in manifests that predate the pixel hash.
 pub fn same_image_groups(m: &Manifest) -> Vec<Vec<String>> {
     let mut by_hash: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for src in &m.sources {
+        let key = if src.pixel_hash.is_empty() {
+            &src.image_hash
+        } else {
+            &src.pixel_hash
+        };
         by_hash
-            .entry(src.image_hash.as_str())
+            .entry(key.as_str())
             .or_default()
             .push(src.stem.clone());
     }

@@ -154,12 +154,17 @@ struct PairStats {
 /// files, writes `stats.json` and `stats.png`, returns them.
 pub fn stats(cfg: &Config, m: &Manifest) -> Result<Stats> {
     let run = cfg.layout();
+    crate::generate::check_generated_by(cfg, m)?;
     let split_info = m.split.as_ref().with_context(|| {
         format!(
             "{} has no split yet (run `pipeline split` first)",
             run.manifest().display()
         )
     })?;
+    // Every file of the stats stage, the sample sheets included, is claimed before any is written.
+    let mut own = vec!["stats.json".to_string(), "stats.png".to_string()];
+    own.extend(crate::preview::sample_sheet_names());
+    crate::owned::claim(run.root(), &own)?;
     let measured: Vec<(&PairRecord, PairStats)> = m
         .pairs
         .par_iter()

@@ -723,6 +723,7 @@ fn infer_reports_a_bad_input_and_does_the_others() {
     img.save(inputs.join("a.bmp")).unwrap();
     std::fs::write(inputs.join("b.png"), b"not a picture").unwrap();
     img.save(inputs.join("c.PNG")).unwrap();
+    std::fs::create_dir_all(inputs.join("d.png")).unwrap();
     let to = c.root.join("infer-out");
     let o = pipeline(&[
         "infer",
@@ -736,7 +737,15 @@ fn infer_reports_a_bad_input_and_does_the_others() {
         to.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert_refused(&o, &["b.png", "not an image file", "1 of 3 input image(s)"]);
+    assert_refused(
+        &o,
+        &[
+            "b.png",
+            "not an image file",
+            "d.png has an image name but is a folder",
+            "2 of 4 input image(s)",
+        ],
+    );
     for stem in ["a", "c"] {
         assert!(to.join(format!("{stem}_mask.png")).is_file(), "{stem}");
     }
@@ -986,4 +995,403 @@ fn config_long_ordinary_values_still_run() {
     let o = c.run(&["generate"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_verified(&c);
+}
+
+// ------------------------------------------- 1. (more) the tool overwrites only its own files
+
+#[test]
+fn infer_does_not_overwrite_a_users_file_in_the_infer_folder() {
+    let c = Case::new(4);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    c.ok(&["train", "--device", "cpu"]);
+    let inputs = c.root.join("infer-in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::copy(c.image("image001"), inputs.join("a.png")).unwrap();
+    let to = c.root.join("infer-out");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::write(to.join("a_overlay.png"), b"mine").unwrap();
+    let args = [
+        "infer",
+        "--config",
+        c.cfg(),
+        "--device",
+        "cpu",
+        "--images",
+        inputs.to_str().unwrap(),
+        "--infer-dir",
+        to.to_str().unwrap(),
+    ];
+    assert_refused(
+        &pipeline(&args),
+        &[
+            "a_overlay.png",
+            "not made by pipeline",
+            "nothing was overwritten",
+        ],
+    );
+    assert_eq!(std::fs::read(to.join("a_overlay.png")).unwrap(), b"mine");
+    assert!(!to.join("a_mask.png").exists(), "wrote before refusing");
+    // Once the user's file is gone, infer writes, and a rerun may replace its own outputs.
+    std::fs::remove_file(to.join("a_overlay.png")).unwrap();
+    pipeline_ok(&args);
+    pipeline_ok(&args);
+    assert!(to.join("a_mask.png").is_file());
+}
+
+#[test]
+fn preview_does_not_overwrite_a_users_sheet_in_the_sheet_folder() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let dir = c.root.join("sheets");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("preview_image001.png"), b"mine").unwrap();
+    let d = dir.to_str().unwrap();
+    assert_refused(
+        &c.run(&["preview", "--sheet-dir", d]),
+        &["preview_image001.png", "not made by pipeline"],
+    );
+    assert_eq!(
+        std::fs::read(dir.join("preview_image001.png")).unwrap(),
+        b"mine"
+    );
+    // Its own sheet is replaced on a rerun.
+    c.ok(&["preview", "--sheet-dir", d, "--source", "image002"]);
+    c.ok(&["preview", "--sheet-dir", d, "--source", "image002"]);
+}
+
+#[test]
+fn stats_does_not_overwrite_a_users_files_in_a_fresh_run_folder() {
+    let c = Case::new(3);
+    std::fs::create_dir_all(c.run_dir()).unwrap();
+    for f in ["stats.json", "samples_valid.png"] {
+        std::fs::write(c.run_dir().join(f), b"mine").unwrap();
+    }
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    assert_refused(&c.run(&["stats"]), &["stats.json", "not made by pipeline"]);
+    std::fs::remove_file(c.run_dir().join("stats.json")).unwrap();
+    assert_refused(
+        &c.run(&["stats"]),
+        &["samples_valid.png", "not made by pipeline"],
+    );
+    assert_eq!(
+        std::fs::read(c.run_dir().join("samples_valid.png")).unwrap(),
+        b"mine"
+    );
+    assert!(
+        !c.run_dir().join("stats.png").exists(),
+        "wrote before refusing"
+    );
+}
+
+#[test]
+fn generate_does_not_overwrite_a_users_run_json_in_a_fresh_run_folder() {
+    let c = Case::new(2);
+    std::fs::create_dir_all(c.run_dir()).unwrap();
+    std::fs::write(c.run_dir().join("run.json"), b"mine").unwrap();
+    assert_refused(&c.run(&["generate"]), &["run.json", "not made by pipeline"]);
+    assert_refused(
+        &c.run(&["generate", "--force"]),
+        &["run.json", "not made by pipeline"],
+    );
+    assert_eq!(
+        std::fs::read(c.run_dir().join("run.json")).unwrap(),
+        b"mine"
+    );
+    assert!(!c.run_dir().join("master").exists());
+}
+
+#[test]
+fn force_does_not_delete_a_users_file_named_generate_journal() {
+    let c = Case::new(2);
+    std::fs::create_dir_all(c.run_dir()).unwrap();
+    let journal = c.run_dir().join("generate.journal");
+    std::fs::write(&journal, b"my own journal").unwrap();
+    assert_refused(
+        &c.run(&["generate", "--force"]),
+        &["generate.journal", "not made by pipeline"],
+    );
+    assert_eq!(std::fs::read(&journal).unwrap(), b"my own journal");
+}
+
+#[test]
+fn a_users_file_named_pipeline_lock_is_not_emptied() {
+    let c = Case::new(2);
+    std::fs::create_dir_all(c.run_dir()).unwrap();
+    let lock = c.run_dir().join("pipeline.lock");
+    std::fs::write(&lock, b"my notes").unwrap();
+    assert_refused(
+        &c.run(&["generate"]),
+        &["pipeline.lock", "not made by pipeline"],
+    );
+    assert_eq!(std::fs::read(&lock).unwrap(), b"my notes");
+}
+
+// ------------------------------------ 2. (more) readers refuse a config that is not the run's
+
+#[test]
+fn split_and_stats_refuse_a_config_whose_generation_differs() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    c.edit_config(r#""size": 48"#, r#""size": 64"#);
+    assert_refused(
+        &c.run(&["split"]),
+        &["`generate.size` is 64", "48", "pipeline generate"],
+    );
+    c.edit_config(r#""size": 64"#, r#""size": 48"#);
+    c.ok(&["split"]);
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    assert_refused(&c.run(&["stats"]), &["`seed` is 4", "pipeline generate"]);
+    assert!(!c.run_dir().join("stats.json").exists());
+}
+
+#[test]
+fn verify_after_a_killed_split_says_the_run_is_incomplete() {
+    let c = Case::new(4);
+    c.ok(&["generate"]);
+    assert!(c.run_killed_at(&["split"], 5));
+    let o = c.run(&["verify"]);
+    assert_refused(&o, &["incomplete", "pipeline split"]);
+    assert!(!stderr(&o).contains("missing"), "{}", stderr(&o));
+}
+
+#[test]
+fn verify_after_a_refused_split_says_the_run_is_incomplete() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    std::fs::write(c.run_dir().join("dataset/train/images/mine.png"), b"x").unwrap();
+    c.edit_config(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+    );
+    assert_refused(&c.run(&["split"]), &["mine.png"]);
+    assert_refused(&c.run(&["verify"]), &["incomplete", "pipeline split"]);
+}
+
+#[test]
+fn verify_after_a_generation_killed_while_swapping_says_the_run_is_incomplete() {
+    let c = Case::lean(3);
+    c.ok(&["generate"]);
+    c.kill_at_label(&["generate"], "generate: master set aside");
+    assert_refused(
+        &c.run(&["verify"]),
+        &["interrupted while replacing", "pipeline generate"],
+    );
+}
+
+#[test]
+fn verify_after_a_first_generation_killed_says_the_run_is_incomplete() {
+    let c = Case::lean(2);
+    assert!(c.run_killed_at(&["generate"], 4));
+    assert_refused(
+        &c.run(&["verify"]),
+        &["incomplete", "pipeline generate --resume"],
+    );
+}
+
+// -------------------------------------------- 4. (more) reader contract, inputs checked
+
+#[test]
+fn resume_replays_the_truth_warning_as_a_sentence() {
+    let c = Case::lean(2);
+    let gt = image::open(c.truth("image001")).unwrap().to_luma8();
+    let weak = image::GrayImage::from_fn(gt.width(), gt.height(), |x, y| {
+        image::Luma([if gt.get_pixel(x, y)[0] > 0 { 105 } else { 0 }])
+    });
+    weak.save(c.truth("image001")).unwrap();
+    // Killed after the last of the 6 pairs is journaled, before the commit.
+    let o = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["generate", "--threads", "1", "--config", c.cfg()])
+        .env(ABORT, "6")
+        .env("PIPELINE_ABORT_ONLY", "generate: pair journaled")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("aborting at commit point 6"),
+        "{}",
+        stderr(&o)
+    );
+    let o = c.run(&["generate", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("6 kept"),
+        "not the replay path: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e = stderr(&o);
+    assert!(e.contains("none reaches the threshold"), "{e}");
+    assert!(!e.contains("empty-at-threshold"), "{e}");
+}
+
+#[test]
+fn folder_with_an_image_name_is_reported() {
+    let c = Case::new(3);
+    std::fs::create_dir_all(c.data.join(IMAGES).join("image007.png")).unwrap();
+    let o = c.run(&["generate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_refused(
+        &o,
+        &["image007", "image007.png has an image name but is a folder"],
+    );
+}
+
+#[test]
+fn run_folder_refusal_names_the_config_keys() {
+    let c = Case::new(2);
+    let cfg = case_config(&c.root, "inside", &c.data, &c.data, "t", "");
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap()]);
+    assert_refused(
+        &o,
+        &[
+            "run folder (config `out` + `name`",
+            "dataset root (config `data`",
+        ],
+    );
+}
+
+#[test]
+fn run_folder_inside_the_real_location_of_a_linked_dataset_is_refused() {
+    let c = Case::new(2);
+    // `cp -rs`: real folders, every file a link into the original dataset.
+    let linked = c.root.join("linked");
+    for e in walkdir::WalkDir::new(&c.data)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let to = linked.join(e.path().strip_prefix(&c.data).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::os::unix::fs::symlink(e.path(), &to).unwrap();
+        }
+    }
+    let before = tree(&c.data);
+    let cfg = case_config(&c.root, "linked", &linked, &c.data, "t", "");
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap()]);
+    assert_refused(&o, &["lies inside the dataset root", "links into"]);
+    assert_eq!(tree(&c.data), before, "the dataset changed");
+}
+
+// ------------------------------------------------ 5. (more) identical content, any container
+
+#[test]
+fn same_photograph_as_png_and_bmp_is_kept_together() {
+    let c = Case::new(12);
+    std::fs::remove_file(c.image("image012")).unwrap();
+    image::open(c.image("image001"))
+        .unwrap()
+        .save(c.image("image012").with_extension("bmp"))
+        .unwrap();
+    std::fs::copy(c.truth("image001"), c.truth("image012")).unwrap();
+    c.ok(&["generate"]);
+    let o = c.run(&["split"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("image001, image012 have identical images")
+            && e.contains("image001.png")
+            && e.contains("image012.bmp")
+            && e.contains("kept together"),
+        "{e}"
+    );
+    let m = c.manifest();
+    let split_of = |stem: &str| {
+        ["train", "valid", "test"]
+            .into_iter()
+            .find(|s| {
+                m["split"]["sources"][s]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == stem)
+            })
+            .unwrap()
+    };
+    assert_eq!(split_of("image001"), split_of("image012"));
+}
+
+// ------------------------------------------ 6. (more) every accepted config value works
+
+fn config_text_refused(text: &str, needles: &[&str]) {
+    let c = Case::new(1);
+    std::fs::write(&c.config, text).unwrap();
+    let mut all = vec!["cfg.json"];
+    all.extend_from_slice(needles);
+    assert_refused(&c.run(&["generate"]), &all);
+    assert!(!c.root.join("out").exists());
+}
+
+#[test]
+fn config_given_as_a_json_array_is_refused() {
+    config_text_refused(r#"["t", 3]"#, &["must be a JSON object", "an array"]);
+}
+
+#[test]
+fn config_section_given_as_an_array_is_refused() {
+    config_text_refused(
+        r#"{"split": ["by-source", 0.8, 0.15, 0.05, true]}"#,
+        &["`split` must be a JSON object", "an array"],
+    );
+}
+
+#[test]
+fn config_lens_centre_far_outside_the_image_is_refused() {
+    config_refused(
+        r#""centres": [[0.5, 0.5]]"#,
+        r#""centres": [[0.5, 0.5], [40, 0.5]]"#,
+        &["`generate.variants.lens.centres[1]`", "-0.5..=1.5"],
+    );
+}
+
+#[test]
+fn config_lens_centre_whose_disc_misses_the_image_is_refused() {
+    config_refused(
+        r#""centres": [[0.5, 0.5]]"#,
+        r#""centres": [[1.45, 0.5]]"#,
+        &[
+            "`generate.variants.lens.centres[0]`",
+            "copy of the original",
+        ],
+    );
+}
+
+#[test]
+fn config_duplicate_rotation_is_refused() {
+    config_refused(
+        r#""rotate": [90]"#,
+        r#""rotate": [90, 90]"#,
+        &[
+            "`generate.variants.rotate[1]` repeats `generate.variants.rotate[0]`",
+            "90",
+        ],
+    );
+}
+
+#[test]
+fn config_duplicate_elastic_entry_is_refused() {
+    config_refused(
+        r#""elastic": [{"alpha": 40, "sigma": 4}]"#,
+        r#""elastic": [{"alpha": 40, "sigma": 4}, {"alpha": 40, "sigma": 4}]"#,
+        &["`generate.variants.elastic[1]` repeats"],
+    );
+}
+
+#[test]
+fn config_huge_rotation_is_refused() {
+    config_refused(
+        r#""rotate": [90]"#,
+        r#""rotate": [1e20]"#,
+        &["`generate.variants.rotate[0]`", "-360..=360"],
+    );
+}
+
+#[test]
+fn config_split_train_zero_is_refused() {
+    config_refused(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0, "valid": 0.75, "test": 0.25"#,
+        &["`split.train` must be > 0"],
+    );
 }

@@ -116,9 +116,12 @@ fn write_manifest(cfg: &Config, n: usize) {
                 truth: format!("resources/images/ddb1_groundtruth/hemorrhages/{stem}.png"),
                 image_hash: String::new(),
                 truth_hash: String::new(),
+                pixel_hash: String::new(),
                 truth_warnings: Vec::new(),
             })
             .collect(),
+        // Readers check that the run was generated with this config's settings.
+        generation_key: cfg.generation_key(),
         split: Some(SplitInfo {
             mode: SplitMode::BySource,
             ratios: [0.8, 0.15, 0.05],

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::config::Lesion;
-use crate::input::{ambiguous_message, list_images, EXTENSIONS};
+use crate::input::{ambiguous_message, list_images, not_a_file_message, EXTENSIONS};
 
 pub const IMAGES_DIR: &str = "resources/images/ddb1_fundusimages";
 pub const TRUTH_DIR: &str = "resources/images/ddb1_groundtruth";
@@ -64,7 +64,7 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
     }
     let images = list_images(&images_dir)?;
     let truths = list_images(&truth_dir)?;
-    if images.images.is_empty() && images.ambiguous.is_empty() {
+    if images.images.is_empty() && images.ambiguous.is_empty() && images.not_files.is_empty() {
         bail!(
             "no images ({}) in {}",
             EXTENSIONS.join(", "),
@@ -81,6 +81,16 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
             stem: stem.clone(),
             message: ambiguous_message(stem, files),
         })
+        .chain(
+            images
+                .not_files
+                .iter()
+                .chain(&truths.not_files)
+                .map(|(stem, path)| Problem {
+                    stem: stem.clone(),
+                    message: not_a_file_message(path),
+                }),
+        )
         .collect();
     let (images, truths) = (images.images, truths.images);
 

@@ -73,12 +73,13 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
             format!("folder {} with ground truth {}", i.display(), t.display()),
         ),
         _ => (
-            test_split_photos(cfg, &crate::split::require_complete(&run)?)?,
+            test_split_photos(cfg, &crate::split::require_complete(cfg)?)?,
             "the test split's source photographs".to_string(),
         ),
     };
     let out = run.eval_dir();
     io::create_dir(&out)?;
+    crate::owned::claim(&out, &["evaluation.csv", "evaluation.json"])?;
 
     let (mut loss, mut dice_coef) = (None, None);
     if cfg.evaluate.images.is_none() {

@@ -11,11 +11,13 @@ use super::model::Model;
 use super::{device, io};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
-use crate::input::image_files;
 use crate::io::{encode_png_gray, encode_png_rgb, write_atomic};
 use crate::run_layout::Split;
 use anyhow::{bail, Context, Result};
 use image::{GrayImage, Luma, Rgb, RgbImage};
+
+/// What `infer` writes per input `<stem>`: the mask, the green mask, the overlay.
+pub const OUTPUT_SUFFIXES: [&str; 3] = ["_mask.png", "_green.png", "_overlay.png"];
 
 /// Files written for one input.
 #[derive(Debug, Clone)]
@@ -32,23 +34,38 @@ pub struct InferOutput {
 
 /// The inputs: `images` (command line), else `infer.images`, else the photographs of the test
 /// split's sources as the run's manifest records them (paths relative to `data`).
-pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>> {
+/// Also returns the messages of folder entries the reader contract refuses (reported, not fatal).
+pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<(Vec<PathBuf>, Vec<String>)> {
     if let Some(dir) = images.or(cfg.infer.images.as_deref()) {
         if !dir.is_dir() {
             bail!("image folder {} does not exist", dir.display());
         }
-        let files: Vec<PathBuf> = image_files(dir)?.into_values().collect();
-        if files.is_empty() {
+        // Entries the reader contract refuses (two files for one name, a folder with an image
+        // name) are reported like unreadable inputs: the other inputs still get their masks.
+        let listing = crate::input::list_images(dir)?;
+        let refused: Vec<String> = listing
+            .ambiguous
+            .iter()
+            .map(|(stem, paths)| crate::input::ambiguous_message(stem, paths))
+            .chain(
+                listing
+                    .not_files
+                    .values()
+                    .map(|p| crate::input::not_a_file_message(p)),
+            )
+            .collect();
+        let files: Vec<PathBuf> = listing.images.into_values().collect();
+        if files.is_empty() && refused.is_empty() {
             bail!(
                 "no images ({}) in {}",
                 crate::input::EXTENSIONS.join(", "),
                 dir.display()
             );
         }
-        return Ok(files);
+        return Ok((files, refused));
     }
     let run = cfg.layout();
-    let m = crate::split::require_complete(&run).context(
+    let m = crate::split::require_complete(cfg).context(
         "no input images: pass --images DIR or set `infer.images`, or make the split first",
     )?;
     let mut out = Vec::new();
@@ -72,7 +89,7 @@ pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>>
             run.manifest().display()
         );
     }
-    Ok(out)
+    Ok((out, Vec::new()))
 }
 
 /// Predicts a mask for every input image ([`input_images`]) with the `best` checkpoint of
@@ -85,7 +102,7 @@ pub fn infer_run(
     images: Option<&Path>,
     infer_dir: Option<&Path>,
 ) -> Result<Vec<InferOutput>> {
-    let inputs = input_images(cfg, images)?;
+    let (inputs, refused) = input_images(cfg, images)?;
     let device = device::select_for("infer", choice)?;
     let size = cfg.generate.size;
     cfg.model.check_size(size)?;
@@ -97,10 +114,24 @@ pub fn infer_run(
     let net = |x: &tch::Tensor| model.predict(x);
     let out = infer_dir.map_or_else(|| cfg.layout().infer_dir(), Path::to_path_buf);
     io::create_dir(&out)?;
+    // Every output name is claimed before the first is written: a file of the same name that
+    // the tool did not make is refused by name, never overwritten (crate::owned).
+    let names: Vec<String> = inputs
+        .iter()
+        .flat_map(|i| {
+            let stem = i.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            OUTPUT_SUFFIXES.map(|suffix| format!("{stem}{suffix}"))
+        })
+        .collect();
+    crate::owned::claim(&out, &names)?;
 
     let mut written = Vec::with_capacity(inputs.len());
     let mut failed: Vec<String> = Vec::new();
-    let n_inputs = inputs.len();
+    let n_inputs = inputs.len() + refused.len();
+    for message in refused {
+        eprintln!("error: infer: {message}");
+        failed.push(message);
+    }
     for input in inputs {
         // One bad input does not stop the others: report it, go on, fail at the end.
         let img = match crate::input::read_image(&input, cfg.max_image_pixels) {
@@ -135,9 +166,9 @@ pub fn infer_run(
             .unwrap_or("image")
             .to_string();
         let o = InferOutput {
-            mask: out.join(format!("{stem}_mask.png")),
-            green: out.join(format!("{stem}_green.png")),
-            overlay: out.join(format!("{stem}_overlay.png")),
+            mask: out.join(format!("{stem}{}", OUTPUT_SUFFIXES[0])),
+            green: out.join(format!("{stem}{}", OUTPUT_SUFFIXES[1])),
+            overlay: out.join(format!("{stem}{}", OUTPUT_SUFFIXES[2])),
             input,
         };
         write_atomic(&o.mask, &encode_png_gray(&mask)?)?;

@@ -129,6 +129,8 @@ impl<'a> Session<'a> {
         let valid = scan_split(&run, Split::Valid)?;
         let out = run.train_dir();
         io::create_dir(&out)?;
+        // The fixed outputs are claimed up front; the per-epoch previews as they are written.
+        crate::owned::claim(&out, &OWN_FILES)?;
 
         tch::manual_seed(cfg.seed as i64);
         let mut model = Model::build(&cfg.model, device).with_input_norm(t.input_norm);
@@ -344,6 +346,19 @@ fn last_good(out: &Path, st: &TrainState) -> String {
 /// A fresh run replaces the outputs of an earlier one, so no stale checkpoint outlives it. The
 /// pointer goes first: a kill part-way leaves no committed checkpoint, never a mix. Only the
 /// files a training run writes are removed (and those of the layout before `checkpoint.json`).
+/// The fixed files of `train/` a training run writes or removes (see [`crate::owned`]).
+const OWN_FILES: [&str; 9] = [
+    checkpoint::POINTER,
+    "best.safetensors",
+    "best.json",
+    "last.safetensors",
+    "last.json",
+    "last.optim.safetensors",
+    "train_losses.csv",
+    "train_metrics.csv",
+    "train_curves.png",
+];
+
 fn remove_previous_run(out: &Path) -> Result<()> {
     let pointer = out.join(checkpoint::POINTER);
     if pointer.exists() {
@@ -351,6 +366,7 @@ fn remove_previous_run(out: &Path) -> Result<()> {
             .with_context(|| format!("cannot remove {}", pointer.display()))?;
     }
     checkpoint::remove_uncommitted(out, None)?;
+    let owned = crate::owned::Owned::open(out)?;
     for entry in std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -364,7 +380,7 @@ fn remove_previous_run(out: &Path) -> Result<()> {
                 | "train_losses.csv"
                 | "train_metrics.csv"
                 | "train_curves.png"
-        ) || (name.starts_with("Epoch_") && name.ends_with(".jpg"));
+        ) || (name.starts_with("Epoch_") && name.ends_with(".jpg") && owned.owns(name));
         if ours {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
@@ -427,10 +443,9 @@ fn write_previews(out: &Path, epoch: usize, model: &Model, batch: &Batch) -> Res
                 }
             }
         });
-        write_atomic(
-            &out.join(format!("Epoch_{epoch}_{stem}.jpg")),
-            &encode_jpeg_rgb(&sheet, 90)?,
-        )?;
+        let name = format!("Epoch_{epoch}_{stem}.jpg");
+        crate::owned::claim(out, &[&name])?;
+        write_atomic(&out.join(name), &encode_jpeg_rgb(&sheet, 90)?)?;
     }
     Ok(())
 }

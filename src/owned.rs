@@ -1,0 +1,119 @@
+//! Which files in an output folder the tool owns, so it never overwrites or deletes a file it did
+//! not make.
+//!
+//! The rule, for every writer (generate, split, stats, preview, train, evaluate, infer): a file
+//! is written or removed only when the tool recorded it as its own, in the folder's record file
+//! [`RECORD`] (one name per line, sorted), or in a manifest / journal for the generated sets.
+//! A writer claims the names it will write before it writes them ([`Owned::claim`]): a name that
+//! already exists in the folder without being recorded is refused with an error naming the file,
+//! and nothing is written. The claim is recorded before the first write, so a kill in between
+//! leaves at most a recorded name without its file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// The record file of an output folder.
+pub const RECORD: &str = ".pipeline-owned";
+
+/// The names (relative to the folder) the tool recorded as its own in one output folder.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    dir: PathBuf,
+    names: BTreeSet<String>,
+}
+
+impl Owned {
+    /// Reads `dir`'s record (none yet: nothing is owned). Creates nothing.
+    pub fn open(dir: &Path) -> Result<Owned> {
+        let path = dir.join(RECORD);
+        let names = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Owned {
+            dir: dir.to_path_buf(),
+            names,
+        })
+    }
+
+    /// True when `name` is recorded as the tool's.
+    pub fn owns(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Refuses, writing nothing, when one of `names` exists in the folder (file, folder or
+    /// link) and is not recorded as the tool's; the error names the file.
+    pub fn check<S: AsRef<str>>(&self, names: &[S]) -> Result<()> {
+        for name in names {
+            let name = name.as_ref();
+            let path = self.dir.join(name);
+            if !self.owns(name) && path.symlink_metadata().is_ok() {
+                bail!(
+                    "{} exists and was not made by pipeline (it is not listed in {}); nothing was \
+                     overwritten: move it away, or choose another output folder",
+                    path.display(),
+                    self.dir.join(RECORD).display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Owned::check`], then records `names` as the tool's (the record is written atomically,
+    /// creating the folder, before the caller writes the files).
+    pub fn claim<S: AsRef<str>>(&mut self, names: &[S]) -> Result<()> {
+        self.check(names)?;
+        let before = self.names.len();
+        self.names
+            .extend(names.iter().map(|n| n.as_ref().to_string()));
+        if self.names.len() == before && self.dir.join(RECORD).exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create output folder {}", self.dir.display()))?;
+        let mut text = String::new();
+        for n in &self.names {
+            text.push_str(n);
+            text.push('\n');
+        }
+        crate::io::write_atomic(&self.dir.join(RECORD), text.as_bytes())
+    }
+}
+
+/// Claims `names` in `dir` (see [`Owned::claim`]).
+pub fn claim<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<()> {
+    Owned::open(dir)?.claim(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrecorded_files_are_refused_recorded_ones_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("stats.json"), b"mine").unwrap();
+        let e = claim(d.path(), &["stats.json"]).unwrap_err().to_string();
+        assert!(
+            e.contains("stats.json") && e.contains("not made by pipeline"),
+            "{e}"
+        );
+        assert!(
+            !d.path().join(RECORD).exists(),
+            "a refusal wrote the record"
+        );
+        claim(d.path(), &["stats.png"]).unwrap();
+        std::fs::write(d.path().join("stats.png"), b"ours").unwrap();
+        claim(d.path(), &["stats.png", "other.png"]).unwrap();
+        let text = std::fs::read_to_string(d.path().join(RECORD)).unwrap();
+        assert_eq!(text, "other.png\nstats.png\n");
+    }
+}

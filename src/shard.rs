@@ -351,6 +351,8 @@ pub fn generate_shard(
         .chain(report.failed.iter().map(|p| p.stem.as_str()))
         .collect();
     covered.sort();
+    // A stem can fail twice (e.g. ambiguous among the images and the ground truth).
+    covered.dedup();
     let owned: Vec<&str> = inputs
         .stems
         .iter()

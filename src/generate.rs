@@ -964,7 +964,8 @@ pub(crate) fn commit_external(
     threads: Option<usize>,
 ) -> Result<GenerateReport> {
     let started = Instant::now();
-    let run_dir = cfg.run_dir();
+    let run = cfg.layout();
+    let run_dir = run.root().to_path_buf();
     let key = set.manifest.generation_key.clone();
     let header = Header {
         generation_key: key.clone(),
@@ -975,14 +976,14 @@ pub(crate) fn commit_external(
         image_ext: set.image_ext.clone(),
         fov_hash: set.fov_hash.clone(),
     };
-    let prior = Prior::read(&run_dir)?;
-    prior.check(&run_dir, &key, force)?;
+    let prior = Prior::read(&run)?;
+    prior.check(&run, &key, force)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
     let mut notes = Vec::new();
     let old = if let Some(Ok(_)) = &prior.commit {
-        notes.extend(finish_commit(&run_dir, prior.manifest_ok())?);
-        Prior::read(&run_dir)?.manifest_ok().cloned()
+        notes.extend(finish_commit(&run, prior.manifest_ok())?);
+        Prior::read(&run)?.manifest_ok().cloned()
     } else {
         prior.manifest_ok().cloned()
     };
@@ -1003,20 +1004,20 @@ pub(crate) fn commit_external(
         if let Some(old) = &old {
             report.kept_earlier = Some(old.pairs.len());
             report.seconds = started.elapsed().as_secs_f64();
-            write_run_info(&run_dir, &report, threads)?;
+            write_run_info(&run, &report, threads)?;
             return Ok(report);
         }
     }
     let no_resume = GenerateOptions::default();
-    start_journal(&run_dir, &header, &prior.journal, &[], &no_resume)?;
+    start_journal(&run, &header, &prior.journal, &[], &no_resume)?;
     let mut lines = String::new();
     for p in &set.manifest.pairs {
         lines += &(serde_json::to_string(p)? + "\n");
     }
-    Journal::open(&run_dir)?.line(lines.trim_end().to_string())?;
+    Journal::open(&run)?.line(lines.trim_end().to_string())?;
     commit_point("merge: journal written");
     for d in ["images", "masks"] {
-        let d = run_dir.join(STAGING).join(d);
+        let d = run.staging().join(d);
         std::fs::create_dir_all(&d)
             .with_context(|| format!("cannot create output folder {}", d.display()))?;
     }
@@ -1027,13 +1028,13 @@ pub(crate) fn commit_external(
     pool.install(|| {
         set.manifest.pairs.par_iter().try_for_each(|p| {
             for rel in [&p.image, &p.mask] {
-                let dest = staged(&run_dir, rel);
+                let dest = staged(&run, rel);
                 if dest.exists() {
                     bail!(
                         "{} is not a file of this generation (did something else write into \
                          {}?); move it away and rerun",
                         dest.display(),
-                        run_dir.join(STAGING).display()
+                        run.staging().display()
                     );
                 }
                 (set.place)(p, rel, &dest)?;
@@ -1042,11 +1043,11 @@ pub(crate) fn commit_external(
             Ok(())
         })
     })?;
-    check_staging(&run_dir, &set.manifest)?;
-    write_json(&run_dir.join(COMMIT), &set.manifest)?;
+    check_staging(&run, &set.manifest)?;
+    write_json(&run.commit_record(), &set.manifest)?;
     commit_point("merge: commit record written");
-    report.notes.extend(finish_commit(&run_dir, old.as_ref())?);
+    report.notes.extend(finish_commit(&run, old.as_ref())?);
     report.seconds = started.elapsed().as_secs_f64();
-    write_run_info(&run_dir, &report, threads)?;
+    write_run_info(&run, &report, threads)?;
     Ok(report)
 }

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::dataset::layout::Problem;
-use crate::generate::{commit_external, ExternalSet, GenerateReport, RUN_INFO};
+use crate::generate::{commit_external, ExternalSet, GenerateReport};
 use crate::io::{hash_file, write_atomic, write_json};
 use crate::manifest::{Manifest, PairRecord, FILE_NAME, SCHEMA};
 use crate::shard::{owner, Shard, ShardRecord, RECORD, RULE, SCHEMA as SHARD_SCHEMA, SHARDS_DIR};
@@ -329,7 +329,7 @@ fn shard_count(run_dir: &Path, found: &[Found], wanted: Option<u32>) -> Result<u
 /// A shard's manifest: complete, unchanged since its record, of this config, covering exactly
 /// the stems the rule gives it.
 fn check_shard(dir: &Path, r: &ShardRecord, key: &str) -> Result<Checked> {
-    let manifest = crate::generate::require_complete(dir)?;
+    let manifest = crate::generate::require_complete(&crate::run_layout::RunLayout::new(dir))?;
     let hash = hash_file(&dir.join(FILE_NAME))?;
     if hash != r.manifest_hash {
         bail!(
@@ -410,7 +410,7 @@ fn join(checked: &[Checked]) -> Result<Manifest> {
 /// `run.json`: the generation as the shards ran it: wall time = the slowest shard + the merge
 /// (the critical path when the shards run at once), threads = all shards' together.
 fn write_merge_info(run_dir: &Path, checked: &[Checked], r: &GenerateReport) -> Result<()> {
-    let path = run_dir.join(RUN_INFO);
+    let path = crate::run_layout::RunLayout::new(run_dir).run_info();
     let mut info: serde_json::Value = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())

@@ -32,7 +32,7 @@ use crate::io::{commit_point, hash_file, hash_hex, write_json};
 use crate::manifest::rel_path;
 
 /// The shards' folder inside the run folder.
-pub const SHARDS_DIR: &str = "shards";
+pub const SHARDS_DIR: &str = crate::run_layout::RunLayout::SHARDS;
 /// A finished shard's record, in its folder.
 pub const RECORD: &str = "shard.json";
 /// Schema of [`RECORD`].
@@ -94,7 +94,9 @@ impl Shard {
 
     /// `<run>/shards/K-of-N`.
     pub fn dir(&self, run_dir: &Path) -> PathBuf {
-        run_dir.join(SHARDS_DIR).join(self.dir_name())
+        crate::run_layout::RunLayout::new(run_dir)
+            .shards()
+            .join(self.dir_name())
     }
 
     /// Keeps only this shard's sources and problems (by stem) of a dataset scan.
@@ -318,7 +320,7 @@ pub fn inputs(cfg: &Config, s: &Scan) -> Result<Inputs> {
 /// `<run>/shards/K-of-N`.
 pub fn shard_config(cfg: &Config, shard: &Shard) -> Config {
     let mut c = cfg.clone();
-    c.out = cfg.run_dir().join(SHARDS_DIR);
+    c.out = cfg.layout().shards();
     c.name = shard.dir_name();
     c
 }
@@ -343,7 +345,7 @@ pub fn generate_shard(
     }
     // The dataset as seen now; the shard's manifest must cover exactly its part of it.
     let inputs = inputs(cfg, &scan(&cfg.data, cfg.lesion)?)?;
-    let manifest = crate::manifest::Manifest::load(&dir)?;
+    let manifest = crate::manifest::Manifest::load(&scfg.layout())?;
     let mut covered: Vec<&str> = manifest
         .sources
         .iter()

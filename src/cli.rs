@@ -16,8 +16,12 @@ pub struct Cli {
 pub enum Command {
     /// Write a synthetic DIARETDB1 v1.1 tree (demo data and test fixture).
     Synth(SynthArgs),
-    /// DIARETDB1 -> augmented 512x512 master set (parallel, deterministic).
-    Generate(GenerateArgs),
+    /// DIARETDB1 -> augmented 512x512 master set (parallel, deterministic); with --shard (or a
+    /// Slurm array / Kubernetes Indexed Job environment) one shard of it, joined by `merge`.
+    Generate(GenerateCmd),
+    /// Join the finished shards of `generate --shard K/N` into the one master set and
+    /// manifest.json (the bytes of an unsharded `generate`).
+    Merge(MergeArgs),
     /// Master set -> train/valid/test folders (by source: no leakage).
     Split(ConfigArgs),
     /// Statistics JSON, bar chart and sample sheets of the dataset.
@@ -80,6 +84,46 @@ pub struct GenerateArgs {
     /// (`all`: and continue training from the last saved epoch).
     #[arg(long)]
     pub resume: bool,
+}
+
+/// `generate`'s options: those `all` shares, and the shard.
+#[derive(Debug, Args)]
+pub struct GenerateCmd {
+    #[command(flatten)]
+    pub generate: GenerateArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+}
+
+/// Which shard of an array job to run (docs/scale-out.md).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ShardArgs {
+    /// Run shard K of N (0 <= K < N): only the sources (infer: images) that the rendezvous rule
+    /// on the file stem gives to K. Default: from the scheduler's environment
+    /// (SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX with
+    /// --shard-count / PIPELINE_SHARD_COUNT), else the whole set.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Shard count N when the index comes from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's
+    /// `completions`); default: the environment variable PIPELINE_SHARD_COUNT.
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<u32>,
+    /// Ignore the scheduler's environment and process the whole set.
+    #[arg(long, conflicts_with_all = ["shard", "shard_count"])]
+    pub no_shard: bool,
+}
+
+/// `merge`'s options.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    /// The shard count N to merge (default: the one count found under <run>/shards/).
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<u32>,
+    /// Replace a run folder that holds a different run (only files the tool recorded are removed).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +197,8 @@ pub struct InferArgs {
     /// Folder for the masks and overlays (default: <out>/<name>/infer).
     #[arg(long)]
     pub infer_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 /// `all`'s options: those of `generate`, plus the device and whether to train.

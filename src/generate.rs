@@ -65,6 +65,8 @@ pub struct GenerateOptions {
     pub resume: bool,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// Only the sources of this shard (`generate --shard`, src/shard.rs).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// What a generation did.
@@ -104,6 +106,10 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         &[(crate::run_dir::DATASET_ROOT, &cfg.data)],
     )?;
     let scan = scan(&cfg.data, cfg.lesion)?;
+    let scan = match &opts.shard {
+        Some(shard) => shard.select(scan),
+        None => scan,
+    };
     let key = cfg.generation_key();
     let variants = plan(&cfg.generate.variants);
     let ext = match cfg.generate.image_format {
@@ -1044,4 +1050,120 @@ fn write_run_info(run: &RunLayout, r: &GenerateReport, threads: usize) -> Result
     write_json(&run.run_info(), &info)?;
     commit_point("generate: run.json written");
     Ok(())
+}
+
+// ---- Hook of `pipeline merge` (src/merge.rs) ----
+
+/// A complete set made elsewhere (the shards of `generate --shard`), committed by
+/// [`commit_external`].
+pub(crate) struct ExternalSet<'a> {
+    /// The new manifest (sources and pairs sorted, no split).
+    pub manifest: Manifest,
+    pub image_ext: String,
+    pub fov_hash: Option<String>,
+    /// Sources that failed where the set was made (reported, and an earlier set is kept).
+    pub failed: Vec<Problem>,
+    /// Puts the file a pair records at `rel` (`master/...`) at `dest` (in `staging/`), which
+    /// does not exist yet.
+    pub place: &'a (dyn Fn(&PairRecord, &str, &Path) -> Result<()> + Sync),
+}
+
+/// Commits `set` into `cfg.run_dir()` by the generator's protocol (module docs): the run folder
+/// check (`force`), a pending commit finished, the journal written with every pair before any
+/// file is placed in `staging/`, the commit record, the swap, `run.json`. Idempotent like a
+/// generation: a rerun after a kill at any point ends with the same bytes. With failed sources
+/// and an earlier complete set, nothing is replaced (`kept_earlier`).
+pub(crate) fn commit_external(
+    cfg: &Config,
+    set: ExternalSet,
+    force: bool,
+    threads: Option<usize>,
+) -> Result<GenerateReport> {
+    let started = Instant::now();
+    let run = cfg.layout();
+    let run_dir = run.root().to_path_buf();
+    let key = set.manifest.generation_key.clone();
+    let header = Header {
+        generation_key: key.clone(),
+        variants: plan(&cfg.generate.variants)
+            .iter()
+            .map(Variant::name)
+            .collect(),
+        image_ext: set.image_ext.clone(),
+        fov_hash: set.fov_hash.clone(),
+    };
+    let prior = Prior::read(&run)?;
+    prior.check(&run, &key, force)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+    let mut notes = Vec::new();
+    let old = if let Some(Ok(_)) = &prior.commit {
+        notes.extend(finish_commit(&run, prior.manifest_ok())?);
+        Prior::read(&run)?.manifest_ok().cloned()
+    } else {
+        prior.manifest_ok().cloned()
+    };
+    let mut report = GenerateReport {
+        run_dir: run_dir.clone(),
+        sources: set.manifest.sources.len(),
+        pairs: set.manifest.pairs.len(),
+        reused: 0,
+        failed: set.failed,
+        warnings: Vec::new(),
+        ignored: Vec::new(),
+        notes,
+        kept_earlier: None,
+        seconds: 0.0,
+    };
+    let threads = threads.unwrap_or(0);
+    if !report.failed.is_empty() {
+        if let Some(old) = &old {
+            report.kept_earlier = Some(old.pairs.len());
+            report.seconds = started.elapsed().as_secs_f64();
+            write_run_info(&run, &report, threads)?;
+            return Ok(report);
+        }
+    }
+    let no_resume = GenerateOptions::default();
+    start_journal(&run, &header, &prior.journal, &[], &no_resume)?;
+    let mut lines = String::new();
+    for p in &set.manifest.pairs {
+        lines += &(serde_json::to_string(p)? + "\n");
+    }
+    Journal::open(&run)?.line(lines.trim_end().to_string())?;
+    commit_point("merge: journal written");
+    for d in ["images", "masks"] {
+        let d = run.staging().join(d);
+        std::fs::create_dir_all(&d)
+            .with_context(|| format!("cannot create output folder {}", d.display()))?;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start worker threads")?;
+    pool.install(|| {
+        set.manifest.pairs.par_iter().try_for_each(|p| {
+            for rel in [&p.image, &p.mask] {
+                let dest = staged(&run, rel);
+                if dest.exists() {
+                    bail!(
+                        "{} is not a file of this generation (did something else write into \
+                         {}?); move it away and rerun",
+                        dest.display(),
+                        run.staging().display()
+                    );
+                }
+                (set.place)(p, rel, &dest)?;
+            }
+            commit_point("merge: pair placed");
+            Ok(())
+        })
+    })?;
+    check_staging(&run, &set.manifest)?;
+    write_json(&run.commit_record(), &set.manifest)?;
+    commit_point("merge: commit record written");
+    report.notes.extend(finish_commit(&run, old.as_ref())?);
+    report.seconds = started.elapsed().as_secs_f64();
+    write_run_info(&run, &report, threads)?;
+    Ok(report)
 }

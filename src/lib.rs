@@ -13,6 +13,7 @@ pub mod generate;
 pub mod input;
 pub mod io;
 pub mod manifest;
+pub mod merge;
 pub mod owned;
 pub mod patches;
 pub mod plot;
@@ -23,6 +24,7 @@ pub mod rng;
 pub mod run_dir;
 pub mod run_layout;
 pub mod scoring;
+pub mod shard;
 pub mod sliding;
 pub mod split;
 pub mod stats;
@@ -55,10 +57,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 a.out.display()
             );
         }
-        Command::Generate(a) => {
-            let cfg = load_generate(&a)?;
-            let _lock = lock_run(&cfg, "generate", true)?;
-            return run_generate(&cfg, &a);
+        Command::Generate(g) => {
+            let cfg = load_generate(&g.generate)?;
+            let Some((s, from)) = shard::resolve_env(&g.shard)? else {
+                let _lock = lock_run(&cfg, "generate", true)?;
+                return run_generate(&cfg, &g.generate, None);
+            };
+            let run = cfg.run_dir();
+            println!("shard {s} (from {from}) -> {}", s.dir(&run).display());
+            run_dir::check_apart(&run, &[("dataset root (`data`)", &cfg.data)])?;
+            let _locks = shard::lock(&run, &s.dir(&run), &format!("generate --shard {s}"))?;
+            return run_generate(&cfg, &g.generate, Some(s));
+        }
+        Command::Merge(a) => {
+            let cfg = load(&a.common)?;
+            let _lock = lock_run(&cfg, "merge", false)?;
+            let opts = merge::MergeOptions {
+                shard_count: a.shard_count,
+                force: a.force,
+                threads: None,
+            };
+            let r = merge::merge(&cfg, &opts)?;
+            return Ok(print_generation(&r, "merged"));
         }
         Command::Split(a) => {
             let cfg = load(&a)?;
@@ -93,7 +113,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Infer(a) => {
             let cfg = load_for_training(&a.dev.common)?;
-            let _lock = lock_run(&cfg, "infer", false)?;
+            let shard = shard::resolve_env(&a.shard)?;
+            let _lock = match &shard {
+                None => Lock::Run(lock_run(&cfg, "infer", false)?),
+                Some((s, from)) => {
+                    let run = cfg.run_dir();
+                    println!("infer: shard {s} (from {from})");
+                    run_dir::check_apart(&run, &[("dataset root (`data`)", &cfg.data)])?;
+                    let own = run
+                        .join(shard::SHARDS_DIR)
+                        .join(format!("infer-{}", s.dir_name()));
+                    Lock::Shard(shard::lock(&run, &own, &format!("infer --shard {s}"))?)
+                }
+            };
             let images = a.images.as_deref().or(cfg.infer.images.as_deref());
             let out = a
                 .infer_dir
@@ -111,6 +143,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 a.dev.device,
                 a.images.as_deref(),
                 a.infer_dir.as_deref(),
+                shard.as_ref().map(|(s, _)| s),
             )?;
         }
         Command::Preview(a) => {
@@ -133,7 +166,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 check_training(&cfg, &a.generate.common.config)?;
             }
             let _lock = lock_run(&cfg, "all", true)?;
-            let code = run_generate(&cfg, &a.generate)?;
+            let code = run_generate(&cfg, &a.generate, None)?;
             if code != ExitCode::SUCCESS {
                 anyhow::bail!("generation had errors (listed above); stopping before split");
             }
@@ -147,7 +180,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 // `all --resume` continues training from the last saved epoch too.
                 training::train(&cfg, a.device, a.generate.resume)?;
                 training::evaluate(&cfg, a.device)?;
-                training::infer(&cfg, a.device, None, None)?;
+                training::infer(&cfg, a.device, None, None, None)?;
             }
             println!(
                 "all stages done; everything is under {}",
@@ -184,15 +217,45 @@ fn load_generate(a: &cli::GenerateArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-fn run_generate(cfg: &Config, a: &cli::GenerateArgs) -> Result<ExitCode> {
+/// The lock a command holds: the run folder's, or a shard's two.
+#[allow(dead_code)]
+enum Lock {
+    Run(run_dir::RunLock),
+    Shard(shard::ShardLocks),
+}
+
+fn run_generate(
+    cfg: &Config,
+    a: &cli::GenerateArgs,
+    shard: Option<shard::Shard>,
+) -> Result<ExitCode> {
     use std::io::IsTerminal;
     let opts = generate::GenerateOptions {
         threads: a.threads,
         force: a.force,
         resume: a.resume,
         progress: std::io::stderr().is_terminal(),
+        shard: None,
     };
-    let r = generate::generate(cfg, &opts)?;
+    let Some(s) = shard else {
+        return Ok(print_generation(
+            &generate::generate(cfg, &opts)?,
+            "generated",
+        ));
+    };
+    let r = shard::generate_shard(cfg, &s, &opts)?;
+    let code = print_generation(&r, "generated");
+    if r.kept_earlier.is_none() {
+        println!(
+            "shard {s} finished; once all {} have: pipeline merge --config <this config>",
+            s.count
+        );
+    }
+    Ok(code)
+}
+
+/// Prints a generation's (or merge's) warnings, notes, summary and failures; the exit code.
+fn print_generation(r: &generate::GenerateReport, verb: &str) -> ExitCode {
     for f in &r.ignored {
         eprintln!("warning: ignoring non-image file {}", f.display());
     }
@@ -214,10 +277,10 @@ fn run_generate(cfg: &Config, a: &cli::GenerateArgs) -> Result<ExitCode> {
             r.run_dir.display(),
             r.pairs
         );
-        return Ok(ExitCode::from(2));
+        return ExitCode::from(2);
     }
     println!(
-        "generated {} pairs from {} sources in {:.2} s ({:.1} pairs/s){} -> {}",
+        "{verb} {} pairs from {} sources in {:.2} s ({:.1} pairs/s){} -> {}",
         r.pairs,
         r.sources,
         r.seconds,
@@ -230,13 +293,13 @@ fn run_generate(cfg: &Config, a: &cli::GenerateArgs) -> Result<ExitCode> {
         run_layout::RunLayout::new(&r.run_dir).master().display()
     );
     if r.failed.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return ExitCode::SUCCESS;
     }
     eprintln!("error: {} source(s) failed:", r.failed.len());
     for p in &r.failed {
         eprintln!("  {}: {}", p.stem, p.message);
     }
-    Ok(ExitCode::from(2))
+    ExitCode::from(2)
 }
 
 /// Splits the master set of `m` (the run's manifest); returns the manifest as saved.
@@ -351,6 +414,7 @@ mod training {
             _: DeviceChoice,
             _: Option<&Path>,
             _: Option<&Path>,
+            _: Option<&crate::shard::Shard>,
         ) -> anyhow::Result<()> {
             anyhow::bail!(MSG)
         }

@@ -183,7 +183,9 @@ pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
                  finish, or choose another `name`/--out (lock file {})",
                 run_dir.display(),
                 if holder.is_empty() {
-                    "pid not yet recorded".to_string()
+                    "pid not recorded: a writer that just started, or `--shard` processes, \
+                     whose pids are in shards/*/pipeline.lock"
+                        .to_string()
                 } else {
                     holder.to_string()
                 },
@@ -199,6 +201,45 @@ pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
         .and_then(|_| writeln!(file, "pid {} (`pipeline {command}`)", std::process::id()))
         .with_context(|| format!("cannot write the lock file {}", path.display()))?;
     Ok(RunLock { file })
+}
+
+/// A shared lock on a run folder, held until dropped: the `--shard` processes of `generate`
+/// and `infer` hold it together, and every exclusive writer ([`lock`]) is refused meanwhile.
+#[derive(Debug)]
+pub struct SharedRunLock {
+    _file: File,
+}
+
+/// Takes `<run_dir>/pipeline.lock` shared for `command` (creating the folder). The holders do
+/// not write into the file. Errors: an exclusive writer holds it (named with its pid).
+pub fn lock_shared(run_dir: &Path, command: &str) -> Result<SharedRunLock> {
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+    let path = run_dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match fs4::FileExt::try_lock_shared(&file) {
+        Ok(()) => Ok(SharedRunLock { _file: file }),
+        Err(fs4::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "run folder {} is in use by another pipeline process ({}), so `pipeline \
+                 {command}` cannot start; wait for it to finish (lock file {})",
+                run_dir.display(),
+                holder.trim(),
+                path.display()
+            );
+        }
+        Err(fs4::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,5 +279,22 @@ mod tests {
         drop(held);
         lock(&run, "split", false).unwrap();
         assert!(lock(&d.path().join("none"), "split", false).is_err());
+    }
+
+    #[test]
+    fn shared_holders_run_together_and_keep_writers_out() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        let a = lock_shared(&run, "generate --shard 0/2").unwrap();
+        let b = lock_shared(&run, "generate --shard 1/2").unwrap();
+        let e = lock(&run, "merge", false).unwrap_err().to_string();
+        assert!(e.contains("in use") && e.contains("--shard"), "{e}");
+        drop((a, b));
+        let held = lock(&run, "merge", false).unwrap();
+        let e = lock_shared(&run, "generate --shard 0/2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(held);
     }
 }

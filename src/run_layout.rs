@@ -17,6 +17,7 @@
 //!   train/                   checkpoints, curves, losses (checkpoint.json points at the set)
 //!   eval/evaluation.{json,csv}
 //!   infer/<stem>_{mask,green,overlay}.png
+//!   shards/K-of-N/           one shard of `generate --shard K/N` (a run folder of its own + shard.json)
 //! ```
 
 use std::fmt;
@@ -111,6 +112,8 @@ impl RunLayout {
     pub const OLD_MASTER: &'static str = "master.old";
     /// Folder of the split dataset.
     pub const DATASET: &'static str = "dataset";
+    /// Folder of the shards of an array job (`generate --shard K/N`, src/shard.rs).
+    pub const SHARDS: &'static str = "shards";
 
     /// The layout of the run folder `root` (`<out>/<name>`).
     pub fn new(root: impl Into<PathBuf>) -> RunLayout {
@@ -216,6 +219,11 @@ impl RunLayout {
     /// `infer/`, the default folder of `infer`'s masks and overlays.
     pub fn infer_dir(&self) -> PathBuf {
         self.root.join("infer")
+    }
+
+    /// `shards/`: one folder per shard, `K-of-N/` (generate) or `infer-K-of-N/` (infer's lock).
+    pub fn shards(&self) -> PathBuf {
+        self.root.join(Self::SHARDS)
     }
 }
 

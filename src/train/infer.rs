@@ -102,7 +102,27 @@ pub fn infer_run(
     images: Option<&Path>,
     infer_dir: Option<&Path>,
 ) -> Result<Vec<InferOutput>> {
-    let (inputs, refused) = input_images(cfg, images)?;
+    infer_run_shard(cfg, choice, images, infer_dir, None)
+}
+
+/// [`infer_run`] over the inputs `shard` owns (`infer --shard K/N`): those whose file stem the
+/// generator's assignment rule gives to it ([`crate::shard::owner`]), so the shards' outputs
+/// never share a name.
+pub fn infer_run_shard(
+    cfg: &Config,
+    choice: DeviceChoice,
+    images: Option<&Path>,
+    infer_dir: Option<&Path>,
+    shard: Option<&crate::shard::Shard>,
+) -> Result<Vec<InferOutput>> {
+    let (mut inputs, refused) = input_images(cfg, images)?;
+    if let Some(s) = shard {
+        inputs.retain(|p| s.owns(&p.file_stem().unwrap_or_default().to_string_lossy()));
+        println!(
+            "infer: shard {s} takes {} of the input images",
+            inputs.len()
+        );
+    }
     let device = device::select_for("infer", choice)?;
     let size = cfg.generate.size;
     cfg.model.check_size(size)?;

@@ -54,14 +54,16 @@ pub fn evaluate(cfg: &Config, device: DeviceChoice) -> Result<()> {
     evaluate_run(cfg, device).map(|_| ())
 }
 
-/// Predicts masks for full-size fundus images; writes `infer_dir` (default `<run>/infer/`).
+/// Predicts masks for full-size fundus images (only `shard`'s, when given); writes `infer_dir`
+/// (default `<run>/infer/`).
 pub fn infer(
     cfg: &Config,
     device: DeviceChoice,
     images: Option<&Path>,
     infer_dir: Option<&Path>,
+    shard: Option<&crate::shard::Shard>,
 ) -> Result<()> {
-    infer_run(cfg, device, images, infer_dir).map(|_| ())
+    infer::infer_run_shard(cfg, device, images, infer_dir, shard).map(|_| ())
 }
 
 /// Any float tensor -> its values on the CPU, flattened.

@@ -71,10 +71,16 @@ pub fn config(dir: &Path, name: &str, json: &str) -> PathBuf {
 
 /// Runs the binary with `args`.
 pub fn pipeline(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(args)
-        .output()
-        .expect("run pipeline")
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    // `generate` and `infer` take a shard index from a scheduler's environment: not in tests.
+    for v in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "JOB_COMPLETION_INDEX",
+    ] {
+        c.env_remove(v);
+    }
+    c.args(args).output().expect("run pipeline")
 }
 
 /// Runs the binary and asserts success, returning stdout.

@@ -469,6 +469,11 @@ impl Config {
         self.out.join(&self.name)
     }
 
+    /// The paths of this run's folder ([`Self::run_dir`]).
+    pub fn layout(&self) -> crate::run_layout::RunLayout {
+        crate::run_layout::RunLayout::new(self.run_dir())
+    }
+
     /// The config as canonical JSON (stable key order), and its blake3 hash (hex).
     pub fn canonical(&self) -> (String, String) {
         let text = serde_json::to_string(self).expect("config serializes");

@@ -41,19 +41,12 @@ use crate::io::{
     commit_point, encode_jpeg_rgb, encode_png_gray, encode_png_rgb, hash_file, hash_hex,
     write_atomic, write_json,
 };
-use crate::manifest::{
-    dataset_path, rel_path, Manifest, PairRecord, SourceRecord, FILE_NAME, SCHEMA,
-};
+use crate::manifest::{rel_path, Manifest, PairRecord, SourceRecord, SCHEMA};
 use crate::prep::{binarize, prepare, read_truth};
+use crate::run_layout::RunLayout;
 
-pub const JOURNAL: &str = "generate.journal";
-pub const RUN_INFO: &str = "run.json";
-/// Where a generation writes its files until it commits.
-pub const STAGING: &str = "staging";
-/// The new manifest while a generation commits.
-pub const COMMIT: &str = "generate.commit.json";
-/// The previous master set while a generation commits.
-pub const OLD_MASTER: &str = "master.old";
+/// File name of the journal ([`RunLayout::JOURNAL`]).
+pub const JOURNAL: &str = RunLayout::JOURNAL;
 
 /// How to run the generation.
 #[derive(Debug, Clone, Default)]
@@ -97,7 +90,8 @@ impl GenerateReport {
 /// Runs the generation of `cfg` into `<out>/<name>/master` and writes `manifest.json`.
 pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> {
     let started = Instant::now();
-    let run_dir = cfg.run_dir();
+    let run = cfg.layout();
+    let run_dir = run.root().to_path_buf();
     crate::run_dir::check_apart(&run_dir, &[("dataset root (`data`)", &cfg.data)])?;
     let scan = scan(&cfg.data, cfg.lesion)?;
     let key = cfg.generation_key();
@@ -115,22 +109,22 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     };
     let mut notes = Vec::new();
 
-    let prior = Prior::read(&run_dir)?;
-    prior.check(&run_dir, &key, opts.force)?;
+    let prior = Prior::read(&run)?;
+    prior.check(&run, &key, opts.force)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
     // A commit that was under way is finished first: its set is complete and recorded.
     let old = if let Some(Ok(_)) = &prior.commit {
-        notes.extend(finish_commit(&run_dir, prior.manifest_ok())?);
-        Prior::read(&run_dir)?.manifest_ok().cloned()
+        notes.extend(finish_commit(&run, prior.manifest_ok())?);
+        Prior::read(&run)?.manifest_ok().cloned()
     } else {
         prior.manifest_ok().cloned()
     };
 
-    let kept = start_journal(&run_dir, &header, &prior.journal, &scan.sources, opts)?;
-    let journal = Journal::open(&run_dir)?;
+    let kept = start_journal(&run, &header, &prior.journal, &scan.sources, opts)?;
+    let journal = Journal::open(&run)?;
     for d in ["images", "masks"] {
-        let d = run_dir.join(STAGING).join(d);
+        let d = run.staging().join(d);
         std::fs::create_dir_all(&d)
             .with_context(|| format!("cannot create output folder {}", d.display()))?;
     }
@@ -140,7 +134,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     let ctx = Ctx {
         ops: &HashMap::new(),
         cfg,
-        run_dir: &run_dir,
+        run: &run,
         variants: &variants,
         fov: fov.as_ref().map(|(f, _)| f),
         kept: &kept,
@@ -214,7 +208,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
             // Never replace a complete set by a smaller one made while inputs are broken.
             report.kept_earlier = Some(old.pairs.len());
             report.seconds = started.elapsed().as_secs_f64();
-            write_run_info(&run_dir, &report, threads)?;
+            write_run_info(&run, &report, threads)?;
             return Ok(report);
         }
     }
@@ -233,26 +227,26 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         pairs,
         split: None,
     };
-    check_staging(&run_dir, &manifest)?;
-    write_json(&run_dir.join(COMMIT), &manifest)?;
+    check_staging(&run, &manifest)?;
+    write_json(&run.commit_record(), &manifest)?;
     commit_point("generate: commit record written");
-    report.notes.extend(finish_commit(&run_dir, old.as_ref())?);
+    report.notes.extend(finish_commit(&run, old.as_ref())?);
     report.seconds = started.elapsed().as_secs_f64();
-    write_run_info(&run_dir, &report, threads)?;
+    write_run_info(&run, &report, threads)?;
     Ok(report)
 }
 
 /// The manifest of a complete generation; refuses a run folder whose generation was interrupted
 /// while replacing the master set (its `master/` may be half swapped), naming the command.
-pub fn require_complete(run_dir: &Path) -> Result<Manifest> {
-    if run_dir.join(COMMIT).exists() {
+pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
+    if run.commit_record().exists() {
         bail!(
             "a generation in {} was interrupted while replacing the master set; rerun \
              `pipeline generate` (or `pipeline generate --resume`) first",
-            run_dir.display()
+            run.root().display()
         );
     }
-    Manifest::load(run_dir)
+    Manifest::load(run)
 }
 
 /// The journal's first line.
@@ -296,8 +290,8 @@ struct JournalState {
 }
 
 impl JournalState {
-    fn read(run_dir: &Path) -> Result<JournalState> {
-        let path = run_dir.join(JOURNAL);
+    fn read(run: &RunLayout) -> Result<JournalState> {
+        let path = run.journal();
         let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -357,17 +351,16 @@ struct Prior {
 }
 
 impl Prior {
-    fn read(run_dir: &Path) -> Result<Prior> {
-        let load = |name: &str| {
-            let p = run_dir.join(name);
+    fn read(run: &RunLayout) -> Result<Prior> {
+        let load = |p: PathBuf| {
             p.exists()
                 .then(|| Manifest::load_file(&p).map_err(|e| format!("{e:#}")))
         };
-        let manifest = load(FILE_NAME);
-        let commit = load(COMMIT);
-        let journal = JournalState::read(run_dir)?;
+        let manifest = load(run.manifest());
+        let commit = load(run.commit_record());
+        let journal = JournalState::read(run)?;
         let unrecorded_master = if manifest.is_none() && commit.is_none() {
-            files_under(&run_dir.join("master"))?.len()
+            files_under(&run.master())?.len()
         } else {
             0
         };
@@ -384,9 +377,12 @@ impl Prior {
     }
 
     /// Refuses (unless `force`) a folder that holds another run or anything unaccounted for.
-    fn check(&self, run_dir: &Path, key: &str, force: bool) -> Result<()> {
+    fn check(&self, run: &RunLayout, key: &str, force: bool) -> Result<()> {
         let mut other = Vec::new();
-        for (name, m) in [(FILE_NAME, &self.manifest), (COMMIT, &self.commit)] {
+        for (name, m) in [
+            (RunLayout::MANIFEST, &self.manifest),
+            (RunLayout::COMMIT, &self.commit),
+        ] {
             match m {
                 Some(Ok(m)) if m.generation_key != key => other.push(format!(
                     "{name} has generation key {}",
@@ -415,7 +411,7 @@ impl Prior {
                 "output folder {} holds a different run ({}; this config {}); use --force to \
                  replace it (only files the tool recorded are removed), or choose another \
                  `name`/--out",
-                run_dir.display(),
+                run.root().display(),
                 other.join("; "),
                 short(key)
             );
@@ -432,7 +428,7 @@ fn short(key: &str) -> &str {
 /// same key, same field-of-view mask, unchanged source files, staged files that hash right).
 /// Staged files the old journal names that are not kept are removed, as are temporaries.
 fn start_journal(
-    run_dir: &Path,
+    run: &RunLayout,
     header: &Header,
     old: &JournalState,
     sources: &[Source],
@@ -461,9 +457,8 @@ fn start_journal(
             .par_iter()
             .filter(|(_, r)| begins.contains_key(&r.source))
             .filter(|(_, r)| {
-                let ok = |rel: &str, hash: &str| {
-                    hash_file(&staged(run_dir, rel)).is_ok_and(|h| h == hash)
-                };
+                let ok =
+                    |rel: &str, hash: &str| hash_file(&staged(run, rel)).is_ok_and(|h| h == hash);
                 ok(&r.image, &r.image_hash) && ok(&r.mask, &r.mask_hash)
             })
             .map(|(k, r)| (k.clone(), r.clone()))
@@ -476,10 +471,10 @@ fn start_journal(
         .collect();
     for rel in old.staged_files() {
         if !keep.contains(rel.as_str()) {
-            remove_if_present(&staged(run_dir, &rel))?;
+            remove_if_present(&staged(run, &rel))?;
         }
     }
-    remove_temporaries(&run_dir.join(STAGING))?;
+    remove_temporaries(&run.staging())?;
 
     let mut text = serde_json::to_string(header)? + "\n";
     for b in begins.values() {
@@ -490,7 +485,7 @@ fn start_journal(
     for r in sorted {
         text += &(serde_json::to_string(r)? + "\n");
     }
-    write_atomic(&run_dir.join(JOURNAL), text.as_bytes())?;
+    write_atomic(&run.journal(), text.as_bytes())?;
     commit_point("generate: journal started");
     Ok(Kept {
         pairs: kept,
@@ -514,7 +509,7 @@ struct Ctx<'a> {
     /// Operations of the deterministic variants (built once per run), by name.
     ops: &'a HashMap<String, Operation>,
     cfg: &'a Config,
-    run_dir: &'a Path,
+    run: &'a RunLayout,
     variants: &'a [Variant],
     fov: Option<&'a GrayImage>,
     kept: &'a Kept,
@@ -648,8 +643,8 @@ impl Ctx<'_> {
         let mask_bytes = encode_png_gray(&out.mask)?;
         let image = format!("master/images/{name}.{ext}");
         let mask = format!("master/masks/{name}.png");
-        write_atomic(&staged(self.run_dir, &image), &img_bytes)?;
-        write_atomic(&staged(self.run_dir, &mask), &mask_bytes)?;
+        write_atomic(&staged(self.run, &image), &img_bytes)?;
+        write_atomic(&staged(self.run, &mask), &mask_bytes)?;
         Ok(PairRecord {
             name,
             source: stem.to_string(),
@@ -666,9 +661,8 @@ impl Ctx<'_> {
 }
 
 /// Where a file of the new set (`master/...`, relative to the run folder) is staged.
-fn staged(run_dir: &Path, rel: &str) -> PathBuf {
-    run_dir
-        .join(STAGING)
+fn staged(run: &RunLayout, rel: &str) -> PathBuf {
+    run.staging()
         .join(rel.strip_prefix("master/").unwrap_or(rel))
 }
 
@@ -676,31 +670,29 @@ fn staged(run_dir: &Path, rel: &str) -> PathBuf {
 /// the old split's files, swaps `staging/` in as `master/`, removes the files the old manifest
 /// recorded from `master.old/`, and renames the record to `manifest.json`. Idempotent; returns
 /// notes about files left in place.
-fn finish_commit(run_dir: &Path, old: Option<&Manifest>) -> Result<Vec<String>> {
+fn finish_commit(run: &RunLayout, old: Option<&Manifest>) -> Result<Vec<String>> {
     let mut notes = Vec::new();
-    let master = run_dir.join("master");
-    let old_master = run_dir.join(OLD_MASTER);
-    let staging = run_dir.join(STAGING);
+    let master = run.master();
+    let old_master = run.old_master();
+    let staging = run.staging();
     if let Some(old) = old {
-        for p in old.pairs.iter().filter(|p| p.split.is_some()) {
-            let split = p.split.as_deref().unwrap_or_default();
-            for (kind, file) in [("images", &p.image), ("masks", &p.mask)] {
-                remove_if_present(&run_dir.join(dataset_path(split, kind, file)))?;
+        for p in &old.pairs {
+            for (file, _) in p.dataset_files().into_iter().flatten() {
+                remove_if_present(&run.file(&file))?;
             }
         }
-        remove_empty_dirs(&run_dir.join("dataset"));
+        remove_empty_dirs(&run.dataset());
         commit_point("generate: old split removed");
-    } else if run_dir.join("dataset").exists() && !files_under(&run_dir.join("dataset"))?.is_empty()
-    {
+    } else if run.dataset().exists() && !files_under(&run.dataset())?.is_empty() {
         notes.push(format!(
             "{} holds files no readable manifest records; they are left in place (remove them \
              before `pipeline split`)",
-            run_dir.join("dataset").display()
+            run.dataset().display()
         ));
     }
     if staging.exists() {
         if master.exists() {
-            clear_old_master(run_dir, old, &mut notes)?;
+            clear_old_master(run, old, &mut notes)?;
             if old_master.exists() {
                 bail!(
                     "cannot set {} aside: {} is in the way (move it away and rerun)",
@@ -714,18 +706,22 @@ fn finish_commit(run_dir: &Path, old: Option<&Manifest>) -> Result<Vec<String>> 
         rename(&staging, &master)?;
         commit_point("generate: staging became master");
     }
-    clear_old_master(run_dir, old, &mut notes)?;
-    rename(&run_dir.join(COMMIT), &run_dir.join(FILE_NAME))?;
+    clear_old_master(run, old, &mut notes)?;
+    rename(&run.commit_record(), &run.manifest())?;
     commit_point("generate: manifest written");
-    remove_if_present(&run_dir.join(JOURNAL))?;
+    remove_if_present(&run.journal())?;
     commit_point("generate: journal removed");
     Ok(notes)
 }
 
 /// Removes from `master.old/` the files `old` records and the tool's temporaries, then the
 /// folders if empty; files nobody recorded stay (with a note).
-fn clear_old_master(run_dir: &Path, old: Option<&Manifest>, notes: &mut Vec<String>) -> Result<()> {
-    let dir = run_dir.join(OLD_MASTER);
+fn clear_old_master(
+    run: &RunLayout,
+    old: Option<&Manifest>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let dir = run.old_master();
     if !dir.exists() {
         return Ok(());
     }
@@ -746,10 +742,10 @@ fn clear_old_master(run_dir: &Path, old: Option<&Manifest>, notes: &mut Vec<Stri
         ));
         // Out of the way of the next commit, under a name that says what it is.
         let mut n = 1;
-        while run_dir.join(format!("unrecorded-{n}")).exists() {
+        while run.root().join(format!("unrecorded-{n}")).exists() {
             n += 1;
         }
-        rename(&dir, &run_dir.join(format!("unrecorded-{n}")))?;
+        rename(&dir, &run.root().join(format!("unrecorded-{n}")))?;
     }
     commit_point("generate: old master cleared");
     Ok(())
@@ -757,18 +753,18 @@ fn clear_old_master(run_dir: &Path, old: Option<&Manifest>, notes: &mut Vec<Stri
 
 /// Before the commit: `staging/` must hold exactly the new set. Files of sources that began and
 /// then failed (named by the journal) are removed; anything else is refused by name.
-fn check_staging(run_dir: &Path, m: &Manifest) -> Result<()> {
-    let dir = run_dir.join(STAGING);
+fn check_staging(run: &RunLayout, m: &Manifest) -> Result<()> {
+    let dir = run.staging();
     let expected: BTreeSet<PathBuf> = m
         .pairs
         .iter()
-        .flat_map(|p| [staged(run_dir, &p.image), staged(run_dir, &p.mask)])
+        .flat_map(|p| [staged(run, &p.image), staged(run, &p.mask)])
         .collect();
-    let journal = JournalState::read(run_dir)?;
+    let journal = JournalState::read(run)?;
     let recorded: BTreeSet<PathBuf> = journal
         .staged_files()
         .iter()
-        .map(|r| staged(run_dir, r))
+        .map(|r| staged(run, r))
         .collect();
     remove_temporaries(&dir)?;
     for f in files_under(&dir)? {
@@ -860,8 +856,8 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 struct Journal(Mutex<File>);
 
 impl Journal {
-    fn open(run_dir: &Path) -> Result<Journal> {
-        let path = run_dir.join(JOURNAL);
+    fn open(run: &RunLayout) -> Result<Journal> {
+        let path = run.journal();
         let f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -914,8 +910,8 @@ fn progress_bar(total: u64, show: bool) -> ProgressBar {
 }
 
 /// `run.json`: timings and problems of the last generation (not part of the reproducible output).
-fn write_run_info(run_dir: &Path, r: &GenerateReport, threads: usize) -> Result<()> {
-    let path = run_dir.join(RUN_INFO);
+fn write_run_info(run: &RunLayout, r: &GenerateReport, threads: usize) -> Result<()> {
+    let path = run.run_info();
     let mut info: serde_json::Value = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())

@@ -21,6 +21,7 @@ pub mod preview;
 pub mod recipe_config;
 pub mod rng;
 pub mod run_dir;
+pub mod run_layout;
 pub mod scoring;
 pub mod sliding;
 pub mod split;
@@ -62,19 +63,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Split(a) => {
             let cfg = load(&a)?;
             let _lock = lock_run(&cfg, "split", false)?;
-            run_split(&cfg)?;
+            let m = generate::require_complete(&cfg.layout())?;
+            run_split(&cfg, m)?;
         }
         Command::Stats(a) => {
             let cfg = load(&a)?;
             let _lock = lock_run(&cfg, "stats", false)?;
-            split::require_complete(&cfg.run_dir())?;
-            run_stats(&cfg)?;
+            let m = split::require_complete(&cfg.layout())?;
+            run_stats(&cfg, &m)?;
         }
         Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
             let cfg = load_for_training(&a.dev.common)?;
             let _lock = lock_run(&cfg, "train", false)?;
-            split::require_complete(&cfg.run_dir())?;
+            split::require_complete(&cfg.layout())?;
             training::train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
@@ -85,7 +87,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 cfg.evaluate.truth = a.truth.clone();
                 recipe_config::validate_evaluate(&cfg.evaluate)?;
             } else {
-                split::require_complete(&cfg.run_dir())?;
+                split::require_complete(&cfg.layout())?;
             }
             training::evaluate(&cfg, a.dev.device)?;
         }
@@ -96,7 +98,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let out = a
                 .infer_dir
                 .clone()
-                .unwrap_or_else(|| cfg.run_dir().join("infer"));
+                .unwrap_or_else(|| cfg.layout().infer_dir());
             // Infer's folder must keep clear of the image folder and of the dataset (its
             // default inputs are the dataset's photographs).
             let mut inputs = vec![("dataset root (`data`)", cfg.data.as_path())];
@@ -114,11 +116,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Preview(a) => {
             let cfg = load(&a.common)?;
             let _lock = lock_run(&cfg, "preview", false)?;
-            generate::require_complete(&cfg.run_dir())?;
+            let m = generate::require_complete(&cfg.layout())?;
             if let Some(dir) = &a.sheet_dir {
                 run_dir::check_apart(dir, &[("dataset root (`data`)", &cfg.data)])?;
             }
-            let path = preview::preview(&cfg, a.source.as_deref(), a.sheet_dir.as_deref())?;
+            let path = preview::preview(&cfg, &m, a.source.as_deref(), a.sheet_dir.as_deref())?;
             println!("preview -> {}", path.display());
         }
         Command::All(a) => {
@@ -131,9 +133,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if code != ExitCode::SUCCESS {
                 anyhow::bail!("generation had errors (listed above); stopping before split");
             }
-            run_split(&cfg)?;
-            let mut sheets = run_stats(&cfg)?;
-            let sheet = preview::preview(&cfg, None, None)?;
+            // One manifest goes through split, stats and preview.
+            let m = run_split(&cfg, generate::require_complete(&cfg.layout())?)?;
+            let mut sheets = run_stats(&cfg, &m)?;
+            let sheet = preview::preview(&cfg, &m, None, None)?;
             println!("preview -> {}", sheet.display());
             sheets.push(sheet);
             if !a.no_train {
@@ -216,7 +219,7 @@ fn run_generate(cfg: &Config, a: &cli::GenerateArgs) -> Result<ExitCode> {
         } else {
             String::new()
         },
-        r.run_dir.join("master").display()
+        run_layout::RunLayout::new(&r.run_dir).master().display()
     );
     if r.failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
@@ -228,35 +231,37 @@ fn run_generate(cfg: &Config, a: &cli::GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(2))
 }
 
-fn run_split(cfg: &Config) -> Result<()> {
-    let r = split::split(cfg)?;
+/// Splits the master set of `m` (the run's manifest); returns the manifest as saved.
+fn run_split(cfg: &Config, m: manifest::Manifest) -> Result<manifest::Manifest> {
+    let r = split::split(cfg, m)?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
-    let parts: Vec<String> = split::SPLITS
+    let parts: Vec<String> = run_layout::Split::ALL
         .iter()
-        .map(|s| format!("{s} {} pairs / {} sources", r.pairs[*s], r.sources[*s]))
+        .map(|s| format!("{s} {} pairs / {} sources", r.pairs[s], r.sources[s]))
         .collect();
     println!(
         "split ({}): {} -> {}",
         cfg.split.mode,
         parts.join(", "),
-        cfg.run_dir().join("dataset").display()
+        cfg.layout().dataset().display()
     );
-    Ok(())
+    Ok(r.manifest)
 }
 
-/// Statistics, then the sample sheets; returns the sheets' paths.
-fn run_stats(cfg: &Config) -> Result<Vec<std::path::PathBuf>> {
-    let s = stats::stats(cfg)?;
+/// Statistics, then the sample sheets, of the split manifest `m`; returns the sheets' paths.
+fn run_stats(cfg: &Config, m: &manifest::Manifest) -> Result<Vec<std::path::PathBuf>> {
+    let s = stats::stats(cfg, m)?;
     io::commit_point("stats: stats.png written");
     print!("{}", stats::summary(&s));
+    let run = cfg.layout();
     println!(
         "statistics -> {} and {}",
-        cfg.run_dir().join("stats.json").display(),
-        cfg.run_dir().join("stats.png").display()
+        run.stats_json().display(),
+        run.stats_png().display()
     );
-    let sheets = preview::sample_sheets(cfg)?;
+    let sheets = preview::sample_sheets(cfg, m)?;
     for p in &sheets {
         println!("samples -> {}", p.display());
     }
@@ -267,7 +272,7 @@ fn run_stats(cfg: &Config) -> Result<Vec<std::path::PathBuf>> {
 fn run_verify(cfg: &Config) -> Result<ExitCode> {
     // A reader: refused while a writer holds the folder (it would see half-made state).
     let _lock = lock_run(cfg, "verify", false)?;
-    let r = manifest::verify(&cfg.run_dir())?;
+    let r = manifest::verify(&cfg.layout())?;
     for (what, list) in [
         ("changed", &r.changed),
         ("missing", &r.missing),

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::io::{hash_file, write_json};
+use crate::run_layout::{dataset_rel, PairPart, RunLayout, Split};
 
 pub const SCHEMA: &str = "fundus-pipeline/manifest/v1";
-pub const FILE_NAME: &str = "manifest.json";
+/// File name of the manifest in the run folder ([`RunLayout::manifest`]).
+pub const FILE_NAME: &str = RunLayout::MANIFEST;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub schema: String,
     pub tool_version: String,
@@ -60,7 +62,36 @@ pub struct PairRecord {
     pub foreground: u64,
     /// `train`, `valid`, `test`, or absent (not in the split dataset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split: Option<String>,
+    pub split: Option<Split>,
+}
+
+impl PairRecord {
+    /// The pair's two master files: (part, path relative to the run folder, blake3 hex).
+    pub fn master_files(&self) -> [(PairPart, &str, &str); 2] {
+        [
+            (PairPart::Image, &self.image, &self.image_hash),
+            (PairPart::Mask, &self.mask, &self.mask_hash),
+        ]
+    }
+
+    /// The pair's two files in the split dataset (relative to the run folder, with their
+    /// hashes), or `None` when the pair is in no split.
+    pub fn dataset_files(&self) -> Option<[(String, &str); 2]> {
+        let split = self.split?;
+        Some(
+            self.master_files()
+                .map(|(part, file, hash)| (dataset_rel(split, part, file), hash)),
+        )
+    }
+
+    /// The dataset path (relative to the run folder) of one part, when the pair is split.
+    pub fn dataset_file(&self, part: PairPart) -> Option<String> {
+        let file = match part {
+            PairPart::Image => &self.image,
+            PairPart::Mask => &self.mask,
+        };
+        Some(dataset_rel(self.split?, part, file))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,13 +99,43 @@ pub struct SplitInfo {
     pub mode: String,
     pub ratios: [f64; 3],
     pub test_originals_only: bool,
-    /// Source stems per split.
+    /// Source stems per split, keyed by the split's name.
     pub sources: BTreeMap<String, Vec<String>>,
 }
 
+impl SplitInfo {
+    /// The source stems of one split (empty when none).
+    pub fn sources_of(&self, split: Split) -> &[String] {
+        self.sources.get(split.name()).map_or(&[], Vec::as_slice)
+    }
+}
+
 impl Manifest {
-    pub fn load(run_dir: &Path) -> Result<Manifest> {
-        Manifest::load_file(&run_dir.join(FILE_NAME))
+    /// The record of the source `stem`, if any.
+    pub fn source(&self, stem: &str) -> Option<&SourceRecord> {
+        self.sources.iter().find(|s| s.stem == stem)
+    }
+
+    /// The source records of `split`, in the split's (sorted) order. Errors: no split is
+    /// recorded (run `pipeline split`); the split names a source the manifest has no record of.
+    pub fn split_sources(&self, split: Split) -> Result<Vec<&SourceRecord>> {
+        let info = self
+            .split
+            .as_ref()
+            .context("the manifest records no split (run `pipeline split` first)")?;
+        info.sources_of(split)
+            .iter()
+            .map(|stem| {
+                self.source(stem).with_context(|| {
+                    format!("the {split} split lists source {stem}, which has no source record")
+                })
+            })
+            .collect()
+    }
+
+    /// Reads `manifest.json` of the run. Errors: missing (names the command to run) or invalid.
+    pub fn load(run: &RunLayout) -> Result<Manifest> {
+        Manifest::load_file(&run.manifest())
     }
 
     /// Reads a manifest from any path (the commit record of a generation is one too).
@@ -93,18 +154,10 @@ impl Manifest {
         })
     }
 
-    pub fn save(&self, run_dir: &Path) -> Result<()> {
-        write_json(&run_dir.join(FILE_NAME), self)
+    /// Writes `manifest.json` of the run atomically.
+    pub fn save(&self, run: &RunLayout) -> Result<()> {
+        write_json(&run.manifest(), self)
     }
-}
-
-/// The file a split pair lives at in the dataset folder, relative to the run folder.
-pub fn dataset_path(split: &str, kind: &str, file: &str) -> String {
-    let name = Path::new(file)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!("dataset/{split}/{kind}/{name}")
 }
 
 /// What `verify` found.
@@ -124,21 +177,21 @@ impl VerifyReport {
 
 /// Re-hashes every master and dataset file listed in the manifest, and lists files in those
 /// folders that the manifest does not know.
-pub fn verify(run_dir: &Path) -> Result<VerifyReport> {
-    let m = Manifest::load(run_dir)?;
+pub fn verify(run: &RunLayout) -> Result<VerifyReport> {
+    let m = Manifest::load(run)?;
     let mut expected: BTreeMap<String, &str> = BTreeMap::new();
     for p in &m.pairs {
-        expected.insert(p.image.clone(), &p.image_hash);
-        expected.insert(p.mask.clone(), &p.mask_hash);
-        if let Some(split) = &p.split {
-            expected.insert(dataset_path(split, "images", &p.image), &p.image_hash);
-            expected.insert(dataset_path(split, "masks", &p.mask), &p.mask_hash);
+        for (_, file, hash) in p.master_files() {
+            expected.insert(file.to_string(), hash);
+        }
+        for (file, hash) in p.dataset_files().into_iter().flatten() {
+            expected.insert(file, hash);
         }
     }
     let results: Vec<(String, Option<bool>)> = expected
         .par_iter()
         .map(|(rel, hash)| {
-            let path = run_dir.join(rel);
+            let path = run.file(rel);
             let state = if path.is_file() {
                 Some(hash_file(&path).map(|h| h == *hash).unwrap_or(false))
             } else {
@@ -159,8 +212,7 @@ pub fn verify(run_dir: &Path) -> Result<VerifyReport> {
         }
     }
     let known: BTreeSet<&String> = expected.keys().collect();
-    for top in ["master", "dataset"] {
-        let dir = run_dir.join(top);
+    for dir in [run.master(), run.dataset()] {
         if !dir.is_dir() {
             continue;
         }
@@ -169,7 +221,7 @@ pub fn verify(run_dir: &Path) -> Result<VerifyReport> {
             if !entry.file_type().is_file() {
                 continue;
             }
-            let rel = rel_path(run_dir, entry.path());
+            let rel = rel_path(run.root(), entry.path());
             if !known.contains(&rel) {
                 report.extra.push(rel);
             }

@@ -16,9 +16,9 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::io::{encode_png_rgb, open_image, write_atomic};
-use crate::manifest::{dataset_path, Manifest, PairRecord, FILE_NAME};
+use crate::manifest::{Manifest, PairRecord};
 use crate::rng::rng_for;
-use crate::split::SPLITS;
+use crate::run_layout::{PairPart, RunLayout, Split};
 
 /// Side of a tile's picture, pixels.
 pub const TILE: u32 = 300;
@@ -174,10 +174,10 @@ fn fit(text: &str, width: u32, font: &ab_glyph::FontRef<'_>) -> String {
     String::new()
 }
 
-/// Loads an image and its mask (paths relative to `run_dir`) and draws the tile.
-fn load_tile(run_dir: &Path, image: &str, mask: &str) -> Result<RgbImage> {
-    let img = open_image(&run_dir.join(image))?.to_rgb8();
-    let m = open_image(&run_dir.join(mask))?.to_luma8();
+/// Loads an image and its mask (paths relative to the run folder) and draws the tile.
+fn load_tile(run: &RunLayout, image: &str, mask: &str) -> Result<RgbImage> {
+    let img = open_image(&run.file(image))?.to_rgb8();
+    let m = open_image(&run.file(mask))?.to_luma8();
     tile(&img, &m).with_context(|| format!("drawing the tile of {image}"))
 }
 
@@ -185,22 +185,27 @@ fn load_tile(run_dir: &Path, image: &str, mask: &str) -> Result<RgbImage> {
 fn write_sheet(
     path: &Path,
     title: &str,
-    run_dir: &Path,
+    run: &RunLayout,
     files: &[(String, String, String)],
 ) -> Result<()> {
     let tiles: Vec<(RgbImage, String)> = files
         .par_iter()
-        .map(|(image, mask, label)| load_tile(run_dir, image, mask).map(|t| (t, label.clone())))
+        .map(|(image, mask, label)| load_tile(run, image, mask).map(|t| (t, label.clone())))
         .collect::<Result<_>>()?;
     write_atomic(path, &encode_png_rgb(&sheet(title, &tiles))?)
 }
 
 /// `pipeline preview`: every variant of `source` (default: the first source stem, sorted) on one
 /// sheet `preview_<stem>.png` in `out` (default: the run folder), tiles in plan order (the
-/// manifest's `generation.variants`). Needs a generated master set. Returns the sheet's path.
-pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result<PathBuf> {
-    let run_dir = cfg.run_dir();
-    let m = Manifest::load(&run_dir)?;
+/// manifest's `generation.variants`). `m` is the run's manifest (a complete generation).
+/// Returns the sheet's path.
+pub fn preview(
+    cfg: &Config,
+    m: &Manifest,
+    source: Option<&str>,
+    out: Option<&Path>,
+) -> Result<PathBuf> {
+    let run = cfg.layout();
     let mut stems: Vec<&str> = m.sources.iter().map(|s| s.stem.as_str()).collect();
     stems.sort_unstable();
     let stem = match source {
@@ -209,7 +214,7 @@ pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result
             let few: Vec<&str> = stems.iter().take(5).copied().collect();
             anyhow::bail!(
                 "source {s:?} is not in {} ({} sources; e.g. {}{})",
-                run_dir.join(FILE_NAME).display(),
+                run.manifest().display(),
                 stems.len(),
                 few.join(", "),
                 if stems.len() > few.len() { ", ..." } else { "" }
@@ -217,7 +222,7 @@ pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result
         }
         None => *stems
             .first()
-            .with_context(|| format!("{} lists no sources", run_dir.join(FILE_NAME).display()))?,
+            .with_context(|| format!("{} lists no sources", run.manifest().display()))?,
     };
     let order: Vec<&str> = m.generation["variants"]
         .as_array()
@@ -238,9 +243,9 @@ pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result
         .iter()
         .map(|p| (p.image.clone(), p.mask.clone(), p.variant.clone()))
         .collect();
-    let dir = out.map_or_else(|| run_dir.clone(), Path::to_path_buf);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(format!("preview_{stem}.png"));
+    let path = run.preview_sheet(out, stem);
+    let dir = path.parent().unwrap_or(run.root());
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let empty = pairs.iter().filter(|p| p.foreground == 0).count();
     let title = format!(
         "{stem}: {} variants, {} (seed {}){}",
@@ -253,7 +258,7 @@ pub fn preview(cfg: &Config, source: Option<&str>, out: Option<&Path>) -> Result
             n => format!(", {n} empty masks"),
         }
     );
-    write_sheet(&path, &title, &run_dir, &files)?;
+    write_sheet(&path, &title, &run, &files)?;
     Ok(path)
 }
 
@@ -270,14 +275,13 @@ pub fn sample_names(seed: u64, split: &str, names: &[String], n: usize) -> Vec<S
 
 /// `samples_<split>.png` in the run folder for train, valid and test: `stats.samples_per_split`
 /// pairs of each split (fewer if it has fewer), read from the split folders. Needs a split.
-/// Returns the written paths; none when `samples_per_split` is 0.
-pub fn sample_sheets(cfg: &Config) -> Result<Vec<PathBuf>> {
-    let run_dir = cfg.run_dir();
-    let m = Manifest::load(&run_dir)?;
+/// `m` is the run's manifest. Returns the written paths; none when `samples_per_split` is 0.
+pub fn sample_sheets(cfg: &Config, m: &Manifest) -> Result<Vec<PathBuf>> {
+    let run = cfg.layout();
     if m.split.is_none() {
         anyhow::bail!(
             "{} has no split yet (run `pipeline split` first)",
-            run_dir.join(FILE_NAME).display()
+            run.manifest().display()
         );
     }
     let n = cfg.stats.samples_per_split;
@@ -285,33 +289,30 @@ pub fn sample_sheets(cfg: &Config) -> Result<Vec<PathBuf>> {
     if n == 0 {
         return Ok(written);
     }
-    for split in SPLITS {
-        let in_split: Vec<&PairRecord> = m
-            .pairs
-            .iter()
-            .filter(|p| p.split.as_deref() == Some(split))
-            .collect();
+    for split in Split::ALL {
+        let in_split: Vec<&PairRecord> =
+            m.pairs.iter().filter(|p| p.split == Some(split)).collect();
         let names: Vec<String> = in_split.iter().map(|p| p.name.clone()).collect();
-        let chosen = sample_names(cfg.seed, split, &names, n);
+        let chosen = sample_names(cfg.seed, split.name(), &names, n);
         let files: Vec<(String, String, String)> = chosen
             .iter()
             .filter_map(|name| in_split.iter().find(|p| &p.name == name))
-            .map(|p| {
-                (
-                    dataset_path(split, "images", &p.image),
-                    dataset_path(split, "masks", &p.mask),
+            .filter_map(|p| {
+                Some((
+                    p.dataset_file(PairPart::Image)?,
+                    p.dataset_file(PairPart::Mask)?,
                     p.name.clone(),
-                )
+                ))
             })
             .collect();
-        let path = run_dir.join(format!("samples_{split}.png"));
+        let path = run.samples_sheet(split);
         let title = format!(
             "{split}: {} of {} pairs (seed {})",
             files.len(),
             names.len(),
             cfg.seed
         );
-        write_sheet(&path, &title, &run_dir, &files)?;
+        write_sheet(&path, &title, &run, &files)?;
         written.push(path);
     }
     Ok(written)

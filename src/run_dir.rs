@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// The lock file inside a run folder.
-pub const LOCK_FILE: &str = "pipeline.lock";
+pub const LOCK_FILE: &str = crate::run_layout::RunLayout::LOCK;
 
 /// An absolute path with every existing part resolved (symbolic links, `.`/`..`); the parts
 /// that do not exist yet are appended as given.

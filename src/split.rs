@@ -10,7 +10,6 @@
 //! and links again, ending with the same bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -19,46 +18,48 @@ use crate::config::{Config, SplitMode};
 use crate::dataset::layout::{TEST_LIST, TRAIN_LIST};
 use crate::dataset::lists::read_list;
 use crate::io::{commit_point, hash_file};
-use crate::manifest::{dataset_path, rel_path, Manifest, SplitInfo, FILE_NAME};
+use crate::manifest::{rel_path, Manifest, PairRecord, SplitInfo};
 use crate::rng::rng_for;
-
-pub const SPLITS: [&str; 3] = ["train", "valid", "test"];
+use crate::run_layout::{PairPart, RunLayout, Split};
 
 /// Pairs and sources per split, and warnings for the user.
 #[derive(Debug, Clone, Default)]
 pub struct SplitReport {
-    pub pairs: BTreeMap<String, usize>,
-    pub sources: BTreeMap<String, usize>,
+    pub pairs: BTreeMap<Split, usize>,
+    pub sources: BTreeMap<Split, usize>,
     pub warnings: Vec<String>,
+    /// The manifest as saved, with the split recorded.
+    pub manifest: Manifest,
 }
 
 /// Refuses a run folder whose split is not recorded as complete (never made, interrupted, or
 /// made stale by an interrupted generation), naming the command to run. Called by every stage
 /// that reads `dataset/`.
-pub fn require_complete(run_dir: &Path) -> Result<()> {
-    let m = crate::generate::require_complete(run_dir)?;
+pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
+    let m = crate::generate::require_complete(run)?;
     if m.split.is_none() {
         bail!(
             "{} records no complete split (never made, or interrupted); run `pipeline split` \
              with this config first",
-            run_dir.join(FILE_NAME).display()
+            run.manifest().display()
         );
     }
-    Ok(())
+    Ok(m)
 }
 
 /// Splits the run's master set as the config says and writes `dataset/` and the manifest.
-pub fn split(cfg: &Config) -> Result<SplitReport> {
-    let run_dir = cfg.run_dir();
-    let mut m = crate::generate::require_complete(&run_dir)?;
+/// `m` is the run's manifest of a complete generation ([`crate::generate::require_complete`]);
+/// the report carries the manifest as saved.
+pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
+    let run = cfg.layout();
     let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;
     let stems: Vec<String> = m.sources.iter().map(|s| s.stem.clone()).collect();
     if stems.is_empty() {
-        bail!("the manifest in {} lists no sources", run_dir.display());
+        bail!("the manifest in {} lists no sources", run.root().display());
     }
-    let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_source: BTreeMap<Split, Vec<String>> = BTreeMap::new();
     let same_image = same_image_groups(&m);
     match s.mode {
         SplitMode::BySource => {
@@ -72,7 +73,7 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
                 if placed.contains(stem) {
                     continue;
                 }
-                while k < 2 && by_source.get(SPLITS[k]).map_or(0, Vec::len) >= target[k] {
+                while k < 2 && by_source.get(&Split::ALL[k]).map_or(0, Vec::len) >= target[k] {
                     k += 1;
                 }
                 let unit: Vec<&String> = match same_image.iter().find(|g| g.contains(stem)) {
@@ -81,10 +82,7 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
                 };
                 for u in unit {
                     placed.insert(u);
-                    by_source
-                        .entry(SPLITS[k].to_string())
-                        .or_default()
-                        .push(u.clone());
+                    by_source.entry(Split::ALL[k]).or_default().push(u.clone());
                 }
             }
         }
@@ -132,9 +130,9 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
                 n_valid = 1;
             }
             let valid = shuffled.split_off(n - n_valid);
-            by_source.insert("train".into(), shuffled);
-            by_source.insert("valid".into(), valid);
-            by_source.insert("test".into(), test);
+            by_source.insert(Split::Train, shuffled);
+            by_source.insert(Split::Valid, valid);
+            by_source.insert(Split::Test, test);
         }
         SplitMode::ByFile => {
             report.warnings.push(
@@ -147,26 +145,25 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
             let [a, b, _] = counts(names.len(), [s.train, s.valid, s.test]);
             for (rank, idx) in names.into_iter().enumerate() {
                 let split = if rank < a {
-                    "train"
+                    Split::Train
                 } else if rank < a + b {
-                    "valid"
+                    Split::Valid
                 } else {
-                    "test"
+                    Split::Test
                 };
-                m.pairs[idx].split = Some(split.into());
+                m.pairs[idx].split = Some(split);
             }
             for p in &m.pairs {
-                let list = by_source
-                    .entry(p.split.clone().unwrap_or_default())
-                    .or_default();
+                let Some(split) = p.split else { continue };
+                let list = by_source.entry(split).or_default();
                 if !list.contains(&p.source) {
                     list.push(p.source.clone());
                 }
             }
         }
     }
-    for name in SPLITS {
-        by_source.entry(name.to_string()).or_default().sort();
+    for split in Split::ALL {
+        by_source.entry(split).or_default().sort();
     }
 
     for g in &same_image {
@@ -174,7 +171,7 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
             by_source
                 .iter()
                 .find(|(_, v)| v.contains(stem))
-                .map(|(k, _)| k.as_str())
+                .map(|(k, _)| k.name())
         };
         let splits: BTreeSet<&str> = g.iter().filter_map(split_of).collect();
         let hash = m
@@ -205,29 +202,24 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
     }
 
     if s.mode != SplitMode::ByFile {
-        let split_of: BTreeMap<&String, &str> = by_source
+        let split_of: BTreeMap<&String, Split> = by_source
             .iter()
-            .flat_map(|(k, v)| v.iter().map(move |s| (s, k.as_str())))
+            .flat_map(|(k, v)| v.iter().map(move |s| (s, *k)))
             .collect();
         for p in &mut m.pairs {
-            p.split = split_of.get(&p.source).and_then(|split| {
-                let keep = *split != "test" || !s.test_originals_only || p.variant == "orig";
-                keep.then(|| split.to_string())
+            p.split = split_of.get(&p.source).copied().filter(|split| {
+                *split != Split::Test || !s.test_originals_only || p.variant == "orig"
             });
         }
     }
 
-    link_dataset(&run_dir, &old, &mut m)?;
-    for name in SPLITS {
-        let n = m
-            .pairs
-            .iter()
-            .filter(|p| p.split.as_deref() == Some(name))
-            .count();
-        report.pairs.insert(name.into(), n);
-        report.sources.insert(name.into(), by_source[name].len());
+    link_dataset(&run, &old, &mut m)?;
+    for split in Split::ALL {
+        let n = m.pairs.iter().filter(|p| p.split == Some(split)).count();
+        report.pairs.insert(split, n);
+        report.sources.insert(split, by_source[&split].len());
         if n == 0 {
-            report.warnings.push(format!("split {name} is empty"));
+            report.warnings.push(format!("split {split} is empty"));
         }
     }
     m.split = Some(SplitInfo {
@@ -237,10 +229,14 @@ pub fn split(cfg: &Config) -> Result<SplitReport> {
             .to_string(),
         ratios: [s.train, s.valid, s.test],
         test_originals_only: s.test_originals_only,
-        sources: by_source,
+        sources: by_source
+            .into_iter()
+            .map(|(k, v)| (k.name().to_string(), v))
+            .collect(),
     });
-    m.save(&run_dir)?;
+    m.save(&run)?;
     commit_point("split: complete");
+    report.manifest = m;
     Ok(report)
 }
 
@@ -306,34 +302,28 @@ pub fn counts(n: usize, ratios: [f64; 3]) -> [usize; 3] {
 /// assignment are removed, `new` (without `split`, so readers see no complete split) is saved,
 /// then every file is linked (or copied atomically). Files in `dataset/` that no record names are
 /// refused by name, never deleted.
-fn link_dataset(run_dir: &Path, old: &Manifest, new: &mut Manifest) -> Result<()> {
+fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<()> {
     let info = new.split.take();
     if old.split.is_some() {
         let mut invalid = old.clone();
         invalid.split = None;
-        invalid.save(run_dir)?;
+        invalid.save(run)?;
         commit_point("split: old split marked incomplete");
     }
-    for p in old.pairs.iter().filter(|p| p.split.is_some()) {
-        let split = p.split.as_deref().unwrap_or_default();
-        for (kind, file) in [("images", &p.image), ("masks", &p.mask)] {
-            crate::generate::remove_if_present(&run_dir.join(dataset_path(split, kind, file)))?;
+    for p in &old.pairs {
+        for (file, _) in p.dataset_files().into_iter().flatten() {
+            crate::generate::remove_if_present(&run.file(&file))?;
         }
     }
-    new.save(run_dir)?;
+    new.save(run)?;
     commit_point("split: new split recorded");
-    let dataset = run_dir.join("dataset");
+    let dataset = run.dataset();
     let expected: BTreeSet<String> = new
         .pairs
         .iter()
-        .filter_map(|p| {
-            let split = p.split.as_deref()?;
-            Some([
-                dataset_path(split, "images", &p.image),
-                dataset_path(split, "masks", &p.mask),
-            ])
-        })
+        .filter_map(PairRecord::dataset_files)
         .flatten()
+        .map(|(file, _)| file)
         .collect();
     if dataset.is_dir() {
         for entry in walkdir::WalkDir::new(&dataset).sort_by_file_name() {
@@ -341,7 +331,7 @@ fn link_dataset(run_dir: &Path, old: &Manifest, new: &mut Manifest) -> Result<()
             if entry.file_type().is_dir() {
                 continue;
             }
-            let rel = rel_path(run_dir, entry.path());
+            let rel = rel_path(run.root(), entry.path());
             let name = entry.file_name().to_string_lossy();
             if name.starts_with(".tmp-") {
                 crate::generate::remove_if_present(entry.path())?;
@@ -350,28 +340,25 @@ fn link_dataset(run_dir: &Path, old: &Manifest, new: &mut Manifest) -> Result<()
                     "{} is not recorded in {} (not made by this tool, or left by an unreadable \
                      manifest); move it away and rerun `pipeline split`",
                     entry.path().display(),
-                    run_dir.join(FILE_NAME).display()
+                    run.manifest().display()
                 );
             }
         }
     }
-    for split in SPLITS {
-        for kind in ["images", "masks"] {
-            let d = dataset.join(split).join(kind);
+    for split in Split::ALL {
+        for part in [PairPart::Image, PairPart::Mask] {
+            let d = run.split_dir(split, part);
             std::fs::create_dir_all(&d)
                 .with_context(|| format!("cannot create {}", d.display()))?;
         }
     }
     for p in &new.pairs {
-        let Some(split) = &p.split else { continue };
-        for (kind, file, hash) in [
-            ("images", &p.image, &p.image_hash),
-            ("masks", &p.mask, &p.mask_hash),
-        ] {
-            let from = run_dir.join(file);
-            let to = run_dir.join(dataset_path(split, kind, file));
+        let Some(split) = p.split else { continue };
+        for (part, file, hash) in p.master_files() {
+            let from = run.file(file);
+            let to = run.file(&crate::run_layout::dataset_rel(split, part, file));
             if to.exists() {
-                if hash_file(&to).is_ok_and(|h| &h == hash) {
+                if hash_file(&to).is_ok_and(|h| h == hash) {
                     continue;
                 }
                 crate::generate::remove_if_present(&to)?;
@@ -392,13 +379,10 @@ fn link_dataset(run_dir: &Path, old: &Manifest, new: &mut Manifest) -> Result<()
 
 /// Source stems that have files in more than one split (a leak). Empty for a correct split.
 pub fn leaked_sources(m: &Manifest) -> Vec<String> {
-    let mut splits: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut splits: BTreeMap<&str, BTreeSet<Split>> = BTreeMap::new();
     for p in &m.pairs {
-        if let Some(s) = &p.split {
-            splits
-                .entry(p.source.as_str())
-                .or_default()
-                .insert(s.as_str());
+        if let Some(s) = p.split {
+            splits.entry(p.source.as_str()).or_default().insert(s);
         }
     }
     splits

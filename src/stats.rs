@@ -3,7 +3,6 @@
 //! the manifest; every number is computed from the files themselves.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use image::Luma;
@@ -13,8 +12,8 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::io::{open_image, write_json};
-use crate::manifest::{dataset_path, Manifest, PairRecord};
-use crate::split::SPLITS;
+use crate::manifest::{Manifest, PairRecord};
+use crate::run_layout::{PairPart, RunLayout, Split};
 
 pub const SCHEMA: &str = "fundus-pipeline/stats/v1";
 
@@ -28,30 +27,30 @@ struct PairStats {
     pixels: u64,
 }
 
-/// Computes the statistics of the run, writes `stats.json` and `stats.png`, returns the JSON.
-pub fn stats(cfg: &Config) -> Result<Value> {
-    let run_dir = cfg.run_dir();
-    crate::split::require_complete(&run_dir)?;
-    let m = Manifest::load(&run_dir)?;
+/// Computes the statistics of the run from its manifest `m` (with a complete split) and the split
+/// files, writes `stats.json` and `stats.png`, returns the JSON.
+pub fn stats(cfg: &Config, m: &Manifest) -> Result<Value> {
+    let run = cfg.layout();
     let split_info = m.split.as_ref().with_context(|| {
         format!(
             "{} has no split yet (run `pipeline split` first)",
-            run_dir.join("manifest.json").display()
+            run.manifest().display()
         )
     })?;
     let measured: Vec<(&PairRecord, PairStats)> = m
         .pairs
         .par_iter()
         .filter(|p| p.split.is_some())
-        .map(|p| measure(&run_dir, p).map(|s| (p, s)))
+        .map(|p| measure(&run, p).map(|s| (p, s)))
         .collect::<Result<_>>()?;
 
     let mut splits = serde_json::Map::new();
     let mut counts = serde_json::Map::new();
-    for name in SPLITS {
+    for split in Split::ALL {
+        let name = split.name();
         let items: Vec<&(&PairRecord, PairStats)> = measured
             .iter()
-            .filter(|(p, _)| p.split.as_deref() == Some(name))
+            .filter(|(p, _)| p.split == Some(split))
             .collect();
         let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
         for (p, _) in &items {
@@ -60,12 +59,12 @@ pub fn stats(cfg: &Config) -> Result<Value> {
         counts.insert(name.into(), json!(per_variant));
         splits.insert(
             name.into(),
-            summarize(&items, split_info.sources[name].len()),
+            summarize(&items, split_info.sources_of(split).len()),
         );
     }
 
     let (config_json, config_hash) = cfg.canonical();
-    let run_info: Value = std::fs::read_to_string(run_dir.join(crate::generate::RUN_INFO))
+    let run_info: Value = std::fs::read_to_string(run.run_info())
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
@@ -80,8 +79,8 @@ pub fn stats(cfg: &Config) -> Result<Value> {
             "sources": m.sources.iter().map(|s| json!({
                 "stem": s.stem, "image_hash": s.image_hash, "truth_hash": s.truth_hash,
             })).collect::<Vec<_>>(),
-            "truth_warnings": truth_warning_counts(&m),
-            "same_image_groups": crate::split::same_image_groups(&m),
+            "truth_warnings": truth_warning_counts(m),
+            "same_image_groups": crate::split::same_image_groups(m),
         },
         "generation": {
             "generation_key": m.generation_key,
@@ -101,18 +100,18 @@ pub fn stats(cfg: &Config) -> Result<Value> {
         "splits": splits,
         "config": serde_json::from_str::<Value>(&config_json)?,
     });
-    write_json(&run_dir.join("stats.json"), &out)?;
+    write_json(&run.stats_json(), &out)?;
     crate::io::commit_point("stats: stats.json written");
-    let bars: Vec<(String, usize)> = SPLITS
+    let bars: Vec<(String, usize)> = Split::ALL
         .iter()
         .map(|s| {
             (
                 s.to_string(),
-                out["splits"][s]["pairs"].as_u64().unwrap_or(0) as usize,
+                out["splits"][s.name()]["pairs"].as_u64().unwrap_or(0) as usize,
             )
         })
         .collect();
-    crate::plot::bar_chart(&run_dir.join("stats.png"), "Pairs per split", &bars)?;
+    crate::plot::bar_chart(&run.stats_png(), "Pairs per split", &bars)?;
     Ok(out)
 }
 
@@ -130,23 +129,26 @@ fn truth_warning_counts(m: &Manifest) -> Value {
     Value::Object(out)
 }
 
-fn measure(run_dir: &Path, p: &PairRecord) -> Result<PairStats> {
-    let split = p.split.as_deref().unwrap_or_default();
-    let mask = open_image(&run_dir.join(dataset_path(split, "masks", &p.mask)))?.to_luma8();
-    let image = open_image(&run_dir.join(dataset_path(split, "images", &p.image)))?.to_rgb8();
-    let pixels = u64::from(mask.width()) * u64::from(mask.height());
-    let fg = mask.pixels().filter(|v| v[0] >= 128).count() as f64;
-    let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
+/// Measures one split pair. The lesion share comes from the foreground count generate recorded
+/// (the mask is decoded only when it has lesion pixels, for its components).
+fn measure(run: &RunLayout, p: &PairRecord) -> Result<PairStats> {
+    let file = |part| run.file(&p.dataset_file(part).unwrap_or_default());
+    let image = open_image(&file(PairPart::Image))?.to_rgb8();
+    let pixels = u64::from(image.width()) * u64::from(image.height());
     let mut sizes: BTreeMap<u32, u64> = BTreeMap::new();
-    for l in labels.pixels() {
-        if l[0] != 0 {
-            *sizes.entry(l[0]).or_default() += 1;
+    if p.foreground > 0 {
+        let mask = open_image(&file(PairPart::Mask))?.to_luma8();
+        let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
+        for l in labels.pixels() {
+            if l[0] != 0 {
+                *sizes.entry(l[0]).or_default() += 1;
+            }
         }
     }
     let mut s = PairStats {
-        foreground: fg / pixels as f64,
+        foreground: p.foreground as f64 / pixels as f64,
         components: sizes.into_values().collect(),
-        pixels: u64::from(image.width()) * u64::from(image.height()),
+        pixels,
         ..Default::default()
     };
     for px in image.pixels() {
@@ -222,7 +224,7 @@ fn round6(x: f64) -> f64 {
 /// A few lines for the terminal.
 pub fn summary(stats: &Value) -> String {
     let mut out = String::new();
-    for name in SPLITS {
+    for name in Split::ALL.map(Split::name) {
         let s = &stats["splits"][name];
         out += &format!(
             "{name:>5}: {:>5} pairs from {:>3} sources, {} empty masks, lesion fraction mean {:.4} \

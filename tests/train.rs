@@ -9,7 +9,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use fundus_pipeline::cli::DeviceChoice;
 use fundus_pipeline::config::Config;
+use fundus_pipeline::manifest::{Manifest, SourceRecord, SplitInfo};
 use fundus_pipeline::prep::{square_mask, SquareGeometry};
+use fundus_pipeline::run_layout::Split;
 use fundus_pipeline::train::adam::Adam;
 use fundus_pipeline::train::checkpoint::{self, TrainState};
 use fundus_pipeline::train::data::{scan_split, Batch};
@@ -99,7 +101,35 @@ fn setup(tmp: &Path) -> Config {
     write_split(&run, "train", 12, 1);
     write_split(&run, "valid", 4, 2);
     write_split(&run, "test", 3, 3);
+    write_manifest(&cfg, 3);
     cfg
+}
+
+/// The manifest of a split run whose test sources are `s00..` (`n` of them), recorded with the
+/// DIARETDB1 paths relative to `data` (what `evaluate` and `infer` take their photographs from).
+fn write_manifest(cfg: &Config, n: usize) {
+    let stems: Vec<String> = (0..n).map(|i| format!("s{i:02}")).collect();
+    let m = Manifest {
+        sources: stems
+            .iter()
+            .map(|stem| SourceRecord {
+                stem: stem.clone(),
+                image: format!("resources/images/ddb1_fundusimages/{stem}.png"),
+                truth: format!("resources/images/ddb1_groundtruth/hemorrhages/{stem}.png"),
+                image_hash: String::new(),
+                truth_hash: String::new(),
+                truth_warnings: Vec::new(),
+            })
+            .collect(),
+        split: Some(SplitInfo {
+            mode: "by-source".into(),
+            ratios: [0.8, 0.15, 0.05],
+            test_originals_only: true,
+            sources: [("test".to_string(), stems)].into_iter().collect(),
+        }),
+        ..Manifest::default()
+    };
+    m.save(&cfg.layout()).unwrap();
 }
 
 fn read(path: PathBuf) -> String {
@@ -111,7 +141,7 @@ fn loss_decreases_over_steps_on_a_fixed_batch() {
     let _torch = torch_lock();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = setup(tmp.path());
-    let samples = scan_split(&cfg.run_dir(), "train").unwrap();
+    let samples = scan_split(&cfg.layout(), Split::Train).unwrap();
     let refs: Vec<_> = samples.iter().take(4).collect();
     let (x, y) = Batch::load(&refs, SIZE).unwrap().tensors(Device::Cpu);
     tch::manual_seed(1);
@@ -140,7 +170,7 @@ fn adam_matches_libtorch_adam_over_30_steps() {
     let _torch = torch_lock();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = setup(tmp.path());
-    let samples = scan_split(&cfg.run_dir(), "train").unwrap();
+    let samples = scan_split(&cfg.layout(), Split::Train).unwrap();
     let refs: Vec<_> = samples.iter().take(4).collect();
     let (x, y) = Batch::load(&refs, SIZE).unwrap().tensors(Device::Cpu);
     tch::manual_seed(3);
@@ -262,7 +292,7 @@ fn checkpoint_reload_gives_identical_predictions() {
     let _torch = torch_lock();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = setup(tmp.path());
-    let samples = scan_split(&cfg.run_dir(), "valid").unwrap();
+    let samples = scan_split(&cfg.layout(), Split::Valid).unwrap();
     let refs: Vec<_> = samples.iter().collect();
     let (x, _) = Batch::load(&refs, SIZE).unwrap().tensors(Device::Cpu);
     let model = tiny(3);
@@ -343,7 +373,7 @@ fn evaluate_scores_match_an_independent_forward_pass() {
         .join("resources/images/ddb1_groundtruth/hemorrhages");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&gt).unwrap();
-    for s in scan_split(&cfg.run_dir(), "test").unwrap() {
+    for s in scan_split(&cfg.layout(), Split::Test).unwrap() {
         let stem = s.stem.strip_suffix("_orig").unwrap();
         std::fs::copy(&s.image, src.join(format!("{stem}.png"))).unwrap();
         let m = image::open(&s.mask).unwrap().to_luma8();
@@ -366,7 +396,7 @@ fn evaluate_scores_match_an_independent_forward_pass() {
         Device::Cpu,
     )
     .unwrap();
-    let test = scan_split(&cfg.run_dir(), "test").unwrap();
+    let test = scan_split(&cfg.layout(), Split::Test).unwrap();
     let refs: Vec<_> = test.iter().collect();
     let batch = Batch::load(&refs, SIZE).unwrap();
     let (x, y) = batch.tensors(Device::Cpu);

@@ -9,10 +9,11 @@ use anyhow::{bail, ensure, Context, Result};
 use image::{GrayImage, RgbImage};
 
 use crate::config::Config;
-use crate::dataset::layout::{FOV_MASK, IMAGES_DIR, TRUTH_DIR};
+use crate::dataset::layout::FOV_MASK;
 use crate::io::open_image;
 use crate::manifest::Manifest;
 use crate::recipe_config::FovSource;
+use crate::run_layout::Split;
 
 /// One photograph to score.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,55 +90,35 @@ pub fn folder_photos(images: &Path, truth: &Path) -> Result<Vec<Photo>> {
         .collect())
 }
 
-/// The sources of the test split: stems of `<run>/dataset/test/images/<stem>_orig.*`; paths from
-/// `manifest.json` (relative to `data`) when the run has one, else `<data>/resources/images/...`.
-pub fn test_split_photos(cfg: &Config) -> Result<Vec<Photo>> {
-    let test = cfg.run_dir().join("dataset/test/images");
-    ensure!(
-        test.is_dir(),
-        "no test split at {} (run `pipeline split`, or pass --images and --truth)",
-        test.display()
-    );
-    let manifest = if cfg.run_dir().join("manifest.json").is_file() {
-        Some(Manifest::load(&cfg.run_dir())?)
-    } else {
-        None
-    };
+/// The sources of the test split as `m` (the run's manifest, split complete) records them:
+/// photograph and ground-truth paths relative to `data`. Errors: no split recorded, a test
+/// source the manifest does not describe, a file that is gone (is `data` right?).
+pub fn test_split_photos(cfg: &Config, m: &Manifest) -> Result<Vec<Photo>> {
+    let manifest = cfg.layout().manifest();
     let mut out = Vec::new();
-    for stem in files_by_stem(&test)?.into_keys() {
-        let Some(source) = stem.strip_suffix("_orig") else {
-            continue;
-        };
-        let record = manifest
-            .as_ref()
-            .and_then(|m| m.sources.iter().find(|s| s.stem == source));
-        let (image, truth) = match record {
-            Some(r) => (cfg.data.join(&r.image), cfg.data.join(&r.truth)),
-            None => (
-                cfg.data.join(IMAGES_DIR).join(format!("{source}.png")),
-                cfg.data
-                    .join(TRUTH_DIR)
-                    .join(cfg.lesion.folder())
-                    .join(format!("{source}.png")),
-            ),
-        };
+    for r in m
+        .split_sources(Split::Test)
+        .with_context(|| format!("in {}", manifest.display()))?
+    {
+        let (image, truth) = (cfg.data.join(&r.image), cfg.data.join(&r.truth));
         for (what, p) in [("photograph", &image), ("ground truth", &truth)] {
             ensure!(
                 p.is_file(),
-                "{what} {} of test pair {stem} not found (is `data` right?)",
-                p.display()
+                "{what} {} of test source {} not found (is `data` right?)",
+                p.display(),
+                r.stem
             );
         }
         out.push(Photo {
-            stem: source.to_string(),
+            stem: r.stem.clone(),
             image,
             truth,
         });
     }
     ensure!(
         !out.is_empty(),
-        "the test split {} has no `<stem>_orig` images",
-        test.display()
+        "the test split of {} has no sources",
+        manifest.display()
     );
     Ok(out)
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
+use crate::run_layout::{PairPart, RunLayout, Split};
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
@@ -30,9 +31,11 @@ pub fn image_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
 
 /// The pairs of `<run>/dataset/<split>`, sorted by stem. Errors name the missing folder or the
 /// unpaired files.
-pub fn scan_split(run_dir: &Path, split: &str) -> Result<Vec<Sample>> {
-    let dir = run_dir.join("dataset").join(split);
-    let (img_dir, mask_dir) = (dir.join("images"), dir.join("masks"));
+pub fn scan_split(run: &RunLayout, split: Split) -> Result<Vec<Sample>> {
+    let (img_dir, mask_dir) = (
+        run.split_dir(split, PairPart::Image),
+        run.split_dir(split, PairPart::Mask),
+    );
     for d in [&img_dir, &mask_dir] {
         if !d.is_dir() {
             bail!(

@@ -19,6 +19,7 @@ use super::{checkpoint, device, io};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
 use crate::io::{write_atomic, write_json};
+use crate::run_layout::Split;
 use crate::scoring::photos::{folder_photos, test_split_photos};
 
 /// What `evaluate` computed (also written to `<run>/eval/`).
@@ -39,8 +40,8 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
     let device = device::select_for("evaluate", choice)?;
     let size = cfg.generate.size;
     cfg.model.check_size(size)?;
-    let run = cfg.run_dir();
-    let ckpt_dir = run.join("train");
+    let run = cfg.layout();
+    let ckpt_dir = run.train_dir();
     let (model, state) = Model::load(&cfg.model, size, &ckpt_dir, "best", device)?;
     let model = model.with_input_norm(cfg.train.input_norm);
     let (photos, source) = match (&cfg.evaluate.images, &cfg.evaluate.truth) {
@@ -49,16 +50,16 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
             format!("folder {} with ground truth {}", i.display(), t.display()),
         ),
         _ => (
-            test_split_photos(cfg)?,
+            test_split_photos(cfg, &crate::split::require_complete(&run)?)?,
             "the test split's source photographs".to_string(),
         ),
     };
-    let out = run.join("eval");
+    let out = run.eval_dir();
     io::create_dir(&out)?;
 
     let (mut loss, mut dice_coef) = (None, None);
     if cfg.evaluate.images.is_none() {
-        let test = scan_split(&run, "test")?;
+        let test = scan_split(&run, Split::Test)?;
         let m = eval_batches(&model, &test, cfg.train.batch_size, size, None, None)?;
         write_atomic(
             &out.join("evaluation.csv"),

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::input::image_files;
 use crate::io::{encode_png_gray, encode_png_rgb, write_atomic};
 use crate::prep::{unsquare, SquareGeometry};
+use crate::run_layout::Split;
 use anyhow::{bail, Context, Result};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
@@ -30,8 +31,8 @@ pub struct InferOutput {
     pub overlay: PathBuf,
 }
 
-/// The inputs: `images` (command line), else `infer.images`, else the full-size sources of the
-/// test split (`<run>/dataset/test/images/<stem>_orig.*` -> `<data>/resources/images/ddb1_fundusimages/<stem>.png`).
+/// The inputs: `images` (command line), else `infer.images`, else the photographs of the test
+/// split's sources as the run's manifest records them (paths relative to `data`).
 pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>> {
     if let Some(dir) = images.or(cfg.infer.images.as_deref()) {
         if !dir.is_dir() {
@@ -47,41 +48,29 @@ pub fn input_images(cfg: &Config, images: Option<&Path>) -> Result<Vec<PathBuf>>
         }
         return Ok(files);
     }
-    let test = cfg.run_dir().join("dataset/test/images");
-    if !test.is_dir() {
-        bail!(
-            "no input images: pass --images DIR, set `infer.images`, or create the split \
-             ({} is missing)",
-            test.display()
-        );
-    }
-    let src = cfg.data.join(crate::dataset::layout::IMAGES_DIR);
-    // The same reader as the generator's scan: any extension case, links followed.
-    let sources = if src.is_dir() {
-        image_files(&src)?
-    } else {
-        Default::default()
-    };
+    let run = cfg.layout();
+    let m = crate::split::require_complete(&run).context(
+        "no input images: pass --images DIR or set `infer.images`, or make the split first",
+    )?;
     let mut out = Vec::new();
-    for stem in image_files(&test)?.into_keys() {
-        if let Some(source) = stem.strip_suffix("_orig") {
-            let path = sources
-                .get(source)
-                .cloned()
-                .unwrap_or_else(|| src.join(format!("{source}.png")));
-            if !path.is_file() {
-                bail!(
-                    "source image {} of test pair {stem} not found (is `data` right?)",
-                    path.display()
-                );
-            }
-            out.push(path);
+    for r in m
+        .split_sources(Split::Test)
+        .with_context(|| format!("in {}", run.manifest().display()))?
+    {
+        let image = cfg.data.join(&r.image);
+        if !image.is_file() {
+            bail!(
+                "photograph {} of test source {} not found (is `data` right?)",
+                image.display(),
+                r.stem
+            );
         }
+        out.push(image);
     }
     if out.is_empty() {
         bail!(
-            "the test split {} has no `<stem>_orig` images",
-            test.display()
+            "the test split of {} has no sources",
+            run.manifest().display()
         );
     }
     Ok(out)
@@ -120,13 +109,13 @@ pub fn infer_run(
     let device = device::select_for("infer", choice)?;
     let size = cfg.generate.size;
     cfg.model.check_size(size)?;
-    let dir = cfg.run_dir().join("train");
+    let dir = cfg.layout().train_dir();
     let (model, _) = Model::load(&cfg.model, size, &dir, "best", device)?;
     let model = model.with_input_norm(cfg.train.input_norm);
     let inference = Inference::from_config(cfg);
     println!("infer: {}", inference.to_json());
     let net = |x: &tch::Tensor| model.predict(x);
-    let out = infer_dir.map_or_else(|| cfg.run_dir().join("infer"), Path::to_path_buf);
+    let out = infer_dir.map_or_else(|| cfg.layout().infer_dir(), Path::to_path_buf);
     io::create_dir(&out)?;
 
     let mut written = Vec::with_capacity(inputs.len());

@@ -19,6 +19,7 @@ use super::{device, io, plot, probs_to_vec};
 use crate::cli::DeviceChoice;
 use crate::config::Config;
 use crate::io::{encode_jpeg_rgb, encode_png_rgb, write_atomic};
+use crate::run_layout::Split;
 
 /// What a training run did (the files hold the same; tests read this).
 #[derive(Debug, Clone)]
@@ -123,10 +124,10 @@ impl<'a> Session<'a> {
         let t = &cfg.train;
         let size = cfg.generate.size;
         cfg.model.check_size(size)?;
-        let run = cfg.run_dir();
-        let train = scan_split(&run, "train")?;
-        let valid = scan_split(&run, "valid")?;
-        let out = run.join("train");
+        let run = cfg.layout();
+        let train = scan_split(&run, Split::Train)?;
+        let valid = scan_split(&run, Split::Valid)?;
+        let out = run.train_dir();
         io::create_dir(&out)?;
 
         tch::manual_seed(cfg.seed as i64);
@@ -184,8 +185,8 @@ impl<'a> Session<'a> {
                          {} and {} (names and bytes) no longer match the checkpoint's record \
                          ({} in {}); train without --resume to start over, or restore the split",
                         st.epoch,
-                        run.join("dataset/train").display(),
-                        run.join("dataset/valid").display(),
+                        run.split_root(Split::Train).display(),
+                        run.split_root(Split::Valid).display(),
                         st.data_hash,
                         folder.join(checkpoint::STATE).display()
                     );

@@ -20,6 +20,17 @@ pub enum LossKind {
     FocalTversky,
 }
 
+impl std::fmt::Display for LossKind {
+    /// The loss as users write it in the config (`bce-dice`, `tversky`, `focal-tversky`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LossKind::BceDice => "bce-dice",
+            LossKind::Tversky => "tversky",
+            LossKind::FocalTversky => "focal-tversky",
+        })
+    }
+}
+
 /// How `infer` and `evaluate` run the network over a photograph (`infer.mode`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -144,6 +155,14 @@ pub fn in_unit(field: &str, x: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_names_in_messages_are_the_config_names() {
+        for k in [LossKind::BceDice, LossKind::Tversky, LossKind::FocalTversky] {
+            let config_name = serde_json::to_value(k).unwrap();
+            assert_eq!(config_name.as_str(), Some(k.to_string().as_str()));
+        }
+    }
 
     #[test]
     fn evaluate_defaults_and_checks() {

@@ -190,7 +190,7 @@ pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
                 )
             } else if splits.len() > 1 {
                 format!(
-                    "they are in different splits ({}) because mode {:?} does not group them: \
+                    "they are in different splits ({}) because mode {} does not group them: \
                      a leak",
                     splits.into_iter().collect::<Vec<_>>().join(", "),
                     s.mode

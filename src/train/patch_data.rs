@@ -181,12 +181,12 @@ impl Recipe {
         };
         match self.patch {
             Some(p) => Some(format!(
-                "patches of {p}x{p}, {:.0}% centred on lesion pixels, loss {:?}{fov}",
+                "patches of {p}x{p}, {:.0}% centred on lesion pixels, loss {}{fov}",
                 100.0 * self.foreground_share,
                 self.loss.kind
             )),
             None if self.loss != Loss::reference() || !fov.is_empty() => {
-                Some(format!("whole pairs, loss {:?}{fov}", self.loss.kind))
+                Some(format!("whole pairs, loss {}{fov}", self.loss.kind))
             }
             None => None,
         }

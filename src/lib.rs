@@ -4,6 +4,7 @@
 //! Data flows one way: config -> sources -> prepared pairs -> variants -> files + manifest ->
 //! split -> stats -> train -> evaluate -> infer. `run` is the whole command line as a library call.
 
+pub mod arch_config;
 pub mod augment;
 pub mod cli;
 pub mod config;

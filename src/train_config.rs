@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::arch_config::check_unet_like;
+pub use crate::arch_config::{
+    AttentionUnetConfig, DeepLabV3PlusConfig, MultiResUnetConfig, Unet3PlusConfig,
+};
 use crate::recipe_config::{
     defaults, in_unit, validate_input_norm, InferMode, InputNorm, LossKind,
 };
@@ -19,16 +23,37 @@ pub enum Arch {
     /// The reference UNet (docs/training.md#the-model): `levels` levels of two convolutions.
     #[default]
     Unet,
+    /// Attention U-Net (Oktay et al. 2018): additive attention gates on the skips.
+    AttentionUnet,
+    /// UNet 3+ (Huang et al. 2020): full-scale skips and deep supervision.
+    #[serde(rename = "unet3plus")]
+    Unet3Plus,
+    /// MultiResUNet (Ibtehaz & Rahman 2020): MultiRes blocks and Res paths.
+    #[serde(rename = "multiresunet")]
+    MultiResUnet,
+    /// DeepLabV3+ (Chen et al. 2018): ResNet with atrous convolutions, ASPP, v3+ decoder.
+    #[serde(rename = "deeplabv3plus")]
+    DeepLabV3Plus,
 }
 
 impl Arch {
     /// Every architecture, in the order the docs list them.
-    pub const ALL: [Arch; 1] = [Arch::Unet];
+    pub const ALL: [Arch; 5] = [
+        Arch::Unet,
+        Arch::AttentionUnet,
+        Arch::Unet3Plus,
+        Arch::MultiResUnet,
+        Arch::DeepLabV3Plus,
+    ];
 
-    /// The name as the config writes it (`unet`).
+    /// The name as the config writes it (`unet`, `attention_unet`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Arch::Unet => "unet",
+            Arch::AttentionUnet => "attention_unet",
+            Arch::Unet3Plus => "unet3plus",
+            Arch::MultiResUnet => "multiresunet",
+            Arch::DeepLabV3Plus => "deeplabv3plus",
         }
     }
 }
@@ -40,18 +65,29 @@ impl std::fmt::Display for Arch {
 }
 
 /// The network (`model` section). The defaults are the reference UNet (8 levels, 16 base
-/// filters, ~125M parameters); [`ModelConfig::small`] is a preset that trains on a CPU.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// filters, ~125M parameters); [`ModelConfig::small`] is a preset that trains on a CPU. The
+/// other architectures read their own sub-section (`model.<arch>`); a sub-section or a UNet knob
+/// set for an architecture that is not selected is a config error, never silently ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Architecture (`unet`).
+    /// Architecture (`unet`, `attention_unet`, `unet3plus`, `multiresunet`, `deeplabv3plus`).
     pub arch: Arch,
-    /// Number of levels (reference: 8). The input side must be divisible by 2^(levels-1).
+    /// `unet` only: number of levels (reference: 8). The input side must be divisible by
+    /// 2^(levels-1).
     pub levels: usize,
-    /// Filters at the first level; level i has base_filters * 2^i.
+    /// `unet` only: filters at the first level; level i has base_filters * 2^i.
     pub base_filters: usize,
     /// Input channels (RGB: 3).
     pub in_channels: usize,
+    /// Knobs of `attention_unet`.
+    pub attention_unet: AttentionUnetConfig,
+    /// Knobs of `unet3plus`.
+    pub unet3plus: Unet3PlusConfig,
+    /// Knobs of `multiresunet`.
+    pub multiresunet: MultiResUnetConfig,
+    /// Knobs of `deeplabv3plus`.
+    pub deeplabv3plus: DeepLabV3PlusConfig,
 }
 
 impl Default for ModelConfig {
@@ -61,6 +97,10 @@ impl Default for ModelConfig {
             levels: 8,
             base_filters: 16,
             in_channels: 3,
+            attention_unet: AttentionUnetConfig::default(),
+            unet3plus: Unet3PlusConfig::default(),
+            multiresunet: MultiResUnetConfig::default(),
+            deeplabv3plus: DeepLabV3PlusConfig::default(),
         }
     }
 }
@@ -75,18 +115,79 @@ impl ModelConfig {
         }
     }
 
-    /// `arch=unet, levels=8, base_filters=16, in_channels=3`: how checkpoint errors name a model.
+    /// `arch=unet, levels=8, base_filters=16, in_channels=3`: how checkpoint errors name a model
+    /// (the architecture and the knobs it reads).
     pub fn describe(&self) -> String {
+        let knobs = match self.arch {
+            Arch::Unet => format!("levels={}, base_filters={}", self.levels, self.base_filters),
+            Arch::AttentionUnet => {
+                let c = &self.attention_unet;
+                format!("levels={}, base_filters={}", c.levels, c.base_filters)
+            }
+            Arch::Unet3Plus => {
+                let c = &self.unet3plus;
+                format!("levels={}, base_filters={}", c.levels, c.base_filters)
+            }
+            Arch::MultiResUnet => {
+                let c = &self.multiresunet;
+                format!(
+                    "levels={}, base_filters={}, alpha={}",
+                    c.levels, c.base_filters, c.alpha
+                )
+            }
+            Arch::DeepLabV3Plus => {
+                let c = &self.deeplabv3plus;
+                format!(
+                    "resnet_depth={}, output_stride={}, base_filters={}",
+                    c.resnet_depth, c.output_stride, c.base_filters
+                )
+            }
+        };
         format!(
-            "arch={}, levels={}, base_filters={}, in_channels={}",
-            self.arch, self.levels, self.base_filters, self.in_channels
+            "arch={}, {knobs}, in_channels={}",
+            self.arch, self.in_channels
         )
+    }
+
+    /// The same config with the knobs of the architectures it does not use at their defaults:
+    /// two configs build the same network exactly when their `active()` are equal.
+    pub fn active(&self) -> Self {
+        let d = Self::default();
+        let mut a = Self {
+            arch: self.arch,
+            in_channels: self.in_channels,
+            ..d
+        };
+        match self.arch {
+            Arch::Unet => (a.levels, a.base_filters) = (self.levels, self.base_filters),
+            Arch::AttentionUnet => a.attention_unet = self.attention_unet.clone(),
+            Arch::Unet3Plus => a.unet3plus = self.unet3plus.clone(),
+            Arch::MultiResUnet => a.multiresunet = self.multiresunet.clone(),
+            Arch::DeepLabV3Plus => a.deeplabv3plus = self.deeplabv3plus.clone(),
+        }
+        a
+    }
+
+    /// The field that sets how deep the network downsamples and its value, for messages.
+    fn depth_field(&self) -> (&'static str, usize) {
+        match self.arch {
+            Arch::Unet => ("model.levels", self.levels),
+            Arch::AttentionUnet => ("model.attention_unet.levels", self.attention_unet.levels),
+            Arch::Unet3Plus => ("model.unet3plus.levels", self.unet3plus.levels),
+            Arch::MultiResUnet => ("model.multiresunet.levels", self.multiresunet.levels),
+            Arch::DeepLabV3Plus => (
+                "model.deeplabv3plus.output_stride",
+                self.deeplabv3plus.output_stride,
+            ),
+        }
     }
 
     /// The input side must be a multiple of this (the network halves it this many times).
     pub fn size_divisor(&self) -> u64 {
+        let (_, n) = self.depth_field();
         match self.arch {
-            Arch::Unet => 1u64 << (self.levels.clamp(1, 63) - 1),
+            Arch::DeepLabV3Plus => n.max(1) as u64,
+            _ => 1u64 << (n.clamp(1, 63) - 1),
         }
     }
 
@@ -94,12 +195,59 @@ impl ModelConfig {
     pub fn check_size(&self, size: u32) -> Result<()> {
         let div = self.size_divisor();
         if u64::from(size) % div != 0 {
+            let (field, n) = self.depth_field();
+            let rule = match self.arch {
+                Arch::DeepLabV3Plus => "the output stride",
+                _ => "2^(levels - 1)",
+            };
             bail!(
                 "`generate.size` ({size}) must be divisible by {div} for `model.arch` {} with \
-                 `model.levels` {} (2^(levels - 1)); pick a multiple of {div} or fewer levels",
+                 `{field}` {n} ({rule}); pick a multiple of {div} or a shallower network",
                 self.arch,
-                self.levels
             );
+        }
+        Ok(())
+    }
+
+    /// Range checks of the knobs `arch` reads, and no knob set for another architecture.
+    fn validate(&self) -> Result<()> {
+        let d = Self::default();
+        if self.arch != Arch::Unet && (self.levels, self.base_filters) != (d.levels, d.base_filters)
+        {
+            bail!(
+                "`model.levels` and `model.base_filters` are the knobs of `unet`; for `model.arch` \
+                 {0} set them in `model.{0}`",
+                self.arch
+            );
+        }
+        for (arch, set) in [
+            (Arch::AttentionUnet, self.attention_unet != d.attention_unet),
+            (Arch::Unet3Plus, self.unet3plus != d.unet3plus),
+            (Arch::MultiResUnet, self.multiresunet != d.multiresunet),
+            (Arch::DeepLabV3Plus, self.deeplabv3plus != d.deeplabv3plus),
+        ] {
+            if set && self.arch != arch {
+                bail!(
+                    "`model.{arch}` is set but `model.arch` is {}; set `\"arch\": \"{arch}\"` or \
+                     remove `model.{arch}`",
+                    self.arch
+                );
+            }
+        }
+        match self.arch {
+            Arch::Unet => {}
+            Arch::AttentionUnet => check_unet_like(
+                "model.attention_unet",
+                self.attention_unet.levels,
+                self.attention_unet.base_filters,
+            )?,
+            Arch::Unet3Plus => check_unet_like(
+                "model.unet3plus",
+                self.unet3plus.levels,
+                self.unet3plus.base_filters,
+            )?,
+            Arch::MultiResUnet => self.multiresunet.validate()?,
+            Arch::DeepLabV3Plus => self.deeplabv3plus.validate()?,
         }
         Ok(())
     }
@@ -246,6 +394,7 @@ pub fn validate(model: &ModelConfig, train: &TrainConfig, infer: &InferConfig) -
             model.in_channels
         );
     }
+    model.validate()?;
     if train.epochs < 1 {
         bail!("`train.epochs` must be >= 1, got {}", train.epochs);
     }
@@ -377,5 +526,100 @@ mod tests {
         }
         let err = check(r#"{"train": {"epoch": 3}}"#).unwrap_err();
         assert!(format!("{err:#}").contains("epoch"), "{err:#}");
+    }
+
+    #[test]
+    fn architecture_knobs_have_paper_defaults_and_bad_values_name_the_field() {
+        for arch in [
+            "attention_unet",
+            "unet3plus",
+            "multiresunet",
+            "deeplabv3plus",
+        ] {
+            check(&format!(r#"{{"model": {{"arch": "{arch}"}}}}"#)).unwrap();
+        }
+        let d = ModelConfig::default();
+        assert_eq!(
+            (
+                d.unet3plus.levels,
+                d.unet3plus.base_filters,
+                d.multiresunet.alpha
+            ),
+            (5, 64, 1.67)
+        );
+        for (json, field) in [
+            (
+                r#"{"model": {"arch": "unet3plus", "unet3plus": {"levels": 1}}}"#,
+                "`model.unet3plus.levels`",
+            ),
+            (
+                r#"{"model": {"arch": "attention_unet", "attention_unet": {"base_filters": 0}}}"#,
+                "`model.attention_unet.base_filters`",
+            ),
+            (
+                r#"{"model": {"arch": "multiresunet", "multiresunet": {"alpha": 0}}}"#,
+                "`model.multiresunet.alpha`",
+            ),
+            (
+                r#"{"model": {"arch": "multiresunet", "multiresunet": {"base_filters": 2}}}"#,
+                "`model.multiresunet.alpha` * `model.multiresunet.base_filters`",
+            ),
+            (
+                r#"{"model": {"arch": "deeplabv3plus", "deeplabv3plus": {"resnet_depth": 34}}}"#,
+                "`model.deeplabv3plus.resnet_depth`",
+            ),
+            (
+                r#"{"model": {"arch": "deeplabv3plus", "deeplabv3plus": {"output_stride": 32}}}"#,
+                "`model.deeplabv3plus.output_stride`",
+            ),
+            // A knob of another architecture is an error, not silently ignored.
+            (
+                r#"{"model": {"arch": "unet3plus", "levels": 4}}"#,
+                "`model.levels` and `model.base_filters` are the knobs of `unet`",
+            ),
+            (
+                r#"{"model": {"unet3plus": {"levels": 4}}}"#,
+                "`model.unet3plus` is set but `model.arch` is unet",
+            ),
+            (
+                r#"{"model": {"arch": "deeplabv3plus", "deeplabv3plus": {"depth": 50}}}"#,
+                "unknown field `depth`",
+            ),
+            (
+                r#"{"model": {"arch": "segformer"}}"#,
+                "unknown variant `segformer`",
+            ),
+        ] {
+            let err = check(json).unwrap_err();
+            assert!(format!("{err:#}").contains(field), "{json}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn size_divisor_follows_each_architecture() {
+        let mut m = ModelConfig {
+            arch: Arch::Unet3Plus,
+            ..ModelConfig::default()
+        };
+        assert_eq!(m.size_divisor(), 16);
+        let err = m.check_size(40).unwrap_err().to_string();
+        assert!(err.contains("`model.unet3plus.levels` 5"), "{err}");
+        m.arch = Arch::DeepLabV3Plus;
+        assert_eq!(m.size_divisor(), 16);
+        m.deeplabv3plus.output_stride = 8;
+        assert!(m.check_size(520).is_ok());
+        let err = m.check_size(36).unwrap_err().to_string();
+        assert!(
+            err.contains("`model.deeplabv3plus.output_stride` 8"),
+            "{err}"
+        );
+        m.arch = Arch::MultiResUnet;
+        m.multiresunet.levels = 3;
+        assert_eq!(m.size_divisor(), 4);
+        // Checkpoints compare only the knobs the architecture reads.
+        let mut other = m.clone();
+        other.deeplabv3plus.output_stride = 16;
+        assert_eq!(m.active(), other.active());
+        assert_ne!(m.active(), ModelConfig::default().active());
     }
 }

@@ -22,7 +22,12 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(vs: &VarStore, lr: f64) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        // Trainable variables only: batch-norm running statistics are buffers, not parameters.
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params = vars
             .into_iter()

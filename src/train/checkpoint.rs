@@ -296,7 +296,7 @@ pub fn load(dir: &Path, name: &str, vs: &mut VarStore, model: &ModelConfig) -> R
     let folder = resolve(dir, name)?;
     let weights = folder.join(WEIGHTS);
     let state = read_state(&folder.join(STATE))?;
-    if &state.model != model {
+    if state.model.active() != model.active() {
         bail!(
             "checkpoint {} was trained with model {{{}}}, but the config asks for model {{{}}}: \
              change `model` back or train again",

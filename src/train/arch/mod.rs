@@ -6,7 +6,12 @@
 //! `src/train_config.rs`); one line in [`spec`]. The compiler points at every `match` that misses
 //! the new variant.
 
+pub mod attention_unet;
+pub mod deeplabv3plus;
+pub mod layers;
+pub mod multiresunet;
 pub mod unet;
+pub mod unet3plus;
 
 use tch::nn::Path;
 
@@ -34,5 +39,9 @@ pub struct ArchSpec {
 pub fn spec(arch: Arch) -> ArchSpec {
     match arch {
         Arch::Unet => unet::SPEC,
+        Arch::AttentionUnet => attention_unet::SPEC,
+        Arch::Unet3Plus => unet3plus::SPEC,
+        Arch::MultiResUnet => multiresunet::SPEC,
+        Arch::DeepLabV3Plus => deeplabv3plus::SPEC,
     }
 }

@@ -284,8 +284,13 @@ pub fn require_generated_by(cfg: &Config) -> Result<Manifest> {
 pub fn check_generated_by(cfg: &Config, m: &Manifest) -> Result<()> {
     let run = cfg.layout();
     if m.generation_key != cfg.generation_key() {
-        let now = json!({"seed": cfg.seed, "lesion": cfg.lesion, "generate": cfg.generate});
-        let diff = first_difference(&m.generation, &now, "")
+        let now = serde_json::to_value(crate::manifest::GenerationKey {
+            seed: cfg.seed,
+            lesion: cfg.lesion,
+            generate: &cfg.generate,
+        })?;
+        let recorded = serde_json::to_value(&m.generation)?;
+        let diff = first_difference(&recorded, &now, "")
             .unwrap_or_else(|| "a generation setting differs".to_string());
         bail!(
             "this config does not match the master set in {}: {diff}; rerun `pipeline generate` \

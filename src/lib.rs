@@ -66,7 +66,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             let run = cfg.run_dir();
             println!("shard {s} (from {from}) -> {}", s.dir(&run).display());
-            run_dir::check_apart(&run, &[("dataset root (`data`)", &cfg.data)])?;
+            run_dir::check_apart(
+                &run,
+                run_dir::RUN_FOLDER,
+                &[(run_dir::DATASET_ROOT, &cfg.data)],
+            )?;
             let _locks = shard::lock(&run, &s.dir(&run), &format!("generate --shard {s}"))?;
             return run_generate(&cfg, &g.generate, Some(s));
         }
@@ -120,7 +124,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Some((s, from)) => {
                     let run = cfg.run_dir();
                     println!("infer: shard {s} (from {from})");
-                    run_dir::check_apart(&run, &[("dataset root (`data`)", &cfg.data)])?;
+                    run_dir::check_apart(
+                        &run,
+                        run_dir::RUN_FOLDER,
+                        &[(run_dir::DATASET_ROOT, &cfg.data)],
+                    )?;
                     let own = run
                         .join(shard::SHARDS_DIR)
                         .join(format!("infer-{}", s.dir_name()));

@@ -54,7 +54,7 @@ fn patch_training_with_focal_tversky_inside_the_fov_runs_and_logs_its_recipe() {
         "cpu",
     ]);
     assert!(
-        out.contains("patches of 16x16, 100% centred on lesion pixels, loss FocalTversky inside the field of view"),
+        out.contains("patches of 16x16, 100% centred on lesion pixels, loss focal-tversky inside the field of view"),
         "{out}"
     );
     let losses = std::fs::read_to_string(tmp.path().join("out/t/train/train_losses.csv")).unwrap();

@@ -15,6 +15,7 @@ use crate::io::{open_image, write_json};
 use crate::manifest::{Manifest, PairRecord};
 use crate::run_layout::{PairPart, RunLayout, Split};
 
+/// Schema name and version written in `stats.json`'s `schema` field.
 pub const SCHEMA: &str = "fundus-pipeline/stats/v1";
 
 /// Per-pair measurements.

@@ -105,7 +105,8 @@ impl ModelConfig {
     }
 }
 
-/// Training loop settings (defaults mirror the reference's config, SPEC section 7).
+/// Training loop settings (defaults mirror the reference's training config; the table is in
+/// docs/training.md, "Config reference").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {

@@ -36,6 +36,7 @@ impl LesionCounts {
         }
     }
 
+    /// Adds `o`'s counts to these (pooling over images).
     pub fn add(&mut self, o: &LesionCounts) {
         self.n_ref += o.n_ref;
         self.found += o.found;
@@ -53,6 +54,7 @@ impl LesionCounts {
         (self.n_pred > 0).then(|| self.n_pred_true as f64 / self.n_pred as f64)
     }
 
+    /// The counts with `Recall` and `Precision` (null when undefined), as in `evaluation.json`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "Recall": self.recall(),

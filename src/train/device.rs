@@ -1,5 +1,6 @@
 //! Device choice. A normal build does not link `libtorch_cuda.so`, so CUDA would silently report
-//! unavailable: load it at start (SPEC section 9) and fall back to the CPU when it is not there.
+//! unavailable: load it at start (docs/training.md, "Device") and fall back to the CPU when it is
+//! not there.
 
 use std::ffi::CStr;
 use std::sync::OnceLock;

@@ -27,7 +27,9 @@ use crate::scoring::photos::{folder_photos, test_split_photos};
 pub struct EvalReport {
     /// The reference's loss and soft Dice over the test pairs (None when scoring a folder).
     pub loss: Option<f64>,
+    /// The soft Dice of that pass (None when scoring a folder).
     pub dice_coef: Option<f64>,
+
     /// The whole evaluation.json.
     pub summary: Value,
 }

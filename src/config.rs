@@ -122,7 +122,7 @@ impl Lesion {
 pub enum ImageFormat {
     /// Lossless RGB PNG (`png`, the default).
     Png,
-    /// Baseline JPEG (`jpeg`) at `generate.jpeg_quality`.
+    /// RGB JPEG (`jpeg`) at `generate.jpeg_quality`.
     Jpeg,
 }
 

@@ -15,8 +15,6 @@ use crate::run_layout::{dataset_rel, PairPart, RunLayout, Split};
 
 /// Schema name and version written in `manifest.json`'s `schema` field.
 pub const SCHEMA: &str = "fundus-pipeline/manifest/v1";
-/// File name of the manifest in the run folder ([`RunLayout::manifest`]).
-pub const FILE_NAME: &str = RunLayout::MANIFEST;
 
 /// The contents of `manifest.json`: what a run generated, from what, and how it is split.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -382,21 +382,6 @@ fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<(
     Ok(())
 }
 
-/// Source stems that have files in more than one split (a leak). Empty for a correct split.
-pub fn leaked_sources(m: &Manifest) -> Vec<String> {
-    let mut splits: BTreeMap<&str, BTreeSet<Split>> = BTreeMap::new();
-    for p in &m.pairs {
-        if let Some(s) = p.split {
-            splits.entry(p.source.as_str()).or_default().insert(s);
-        }
-    }
-    splits
-        .into_iter()
-        .filter(|(_, s)| s.len() > 1)
-        .map(|(k, _)| k.to_string())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "pipeline", version, about, long_about = None)]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands; each variant's doc line is its `--help` summary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a synthetic DIARETDB1 v1.1 tree (demo data and test fixture).
@@ -52,6 +54,7 @@ pub struct ConfigArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `synth`'s options.
 #[derive(Debug, Args)]
 pub struct SynthArgs {
     /// Folder to create; it plays the role of `diaretdb1_v_1_1` (gets `resources/`).
@@ -60,6 +63,7 @@ pub struct SynthArgs {
     /// Number of fundus images.
     #[arg(long, default_value_t = 89)]
     pub count: usize,
+    /// Seed of the synthetic images (same seed and options, same bytes).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Image size WIDTHxHEIGHT (DIARETDB1 is 1500x1152).
@@ -67,8 +71,10 @@ pub struct SynthArgs {
     pub size: (u32, u32),
 }
 
+/// `generate`'s options.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
+    /// `--config` and `--out`.
     #[command(flatten)]
     pub common: ConfigArgs,
     /// The `diaretdb1_v_1_1` folder (overrides the config's `data`).
@@ -126,8 +132,10 @@ pub struct MergeArgs {
     pub force: bool,
 }
 
+/// `preview`'s options.
 #[derive(Debug, Args)]
 pub struct PreviewArgs {
+    /// `--config` and `--out`.
     #[command(flatten)]
     pub common: ConfigArgs,
     /// Source stem (e.g. image003); default: the first source.
@@ -153,6 +161,7 @@ pub enum DeviceChoice {
 /// The config, the output root and the device: what `evaluate` takes.
 #[derive(Debug, Args, Clone)]
 pub struct DeviceArgs {
+    /// `--config` and `--out`.
     #[command(flatten)]
     pub common: ConfigArgs,
     /// Device of the model: `auto` (CUDA when available, else CPU), `cpu` or `cuda`.
@@ -163,6 +172,7 @@ pub struct DeviceArgs {
 /// `train`'s options.
 #[derive(Debug, Args, Clone)]
 pub struct TrainArgs {
+    /// `--config`, `--out` and `--device`.
     #[command(flatten)]
     pub dev: DeviceArgs,
     /// Continue from the last saved epoch (same result as an uninterrupted run).
@@ -173,6 +183,7 @@ pub struct TrainArgs {
 /// `evaluate`'s options.
 #[derive(Debug, Args, Clone)]
 pub struct EvaluateArgs {
+    /// `--config`, `--out` and `--device`.
     #[command(flatten)]
     pub dev: DeviceArgs,
     /// Folder of photographs to score instead of the test split's sources (overrides
@@ -188,6 +199,7 @@ pub struct EvaluateArgs {
 /// `infer`'s options.
 #[derive(Debug, Args, Clone)]
 pub struct InferArgs {
+    /// `--config`, `--out` and `--device`.
     #[command(flatten)]
     pub dev: DeviceArgs,
     /// Folder of full-size fundus images (default: the config's `infer.images`, else the test
@@ -204,8 +216,10 @@ pub struct InferArgs {
 /// `all`'s options: those of `generate`, plus the device and whether to train.
 #[derive(Debug, Args)]
 pub struct AllArgs {
+    /// `generate`'s options (`--config`, `--out`, `--data`, `--threads`, `--force`, `--resume`).
     #[command(flatten)]
     pub generate: GenerateArgs,
+
     /// Device of the model: `auto` (CUDA when available, else CPU), `cpu` or `cuda`.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,

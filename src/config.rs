@@ -27,16 +27,23 @@ pub struct Config {
     pub out: PathBuf,
     /// Lesion type: the ground-truth folder under `resources/images/ddb1_groundtruth/`.
     pub lesion: Lesion,
+    /// Preparation and variants (`pipeline generate`).
     pub generate: GenerateConfig,
+    /// Train / valid / test assignment (`pipeline split`).
     pub split: SplitConfig,
+    /// Statistics and sample sheets (`pipeline stats`).
     pub stats: StatsConfig,
+    /// The network (`train`, `evaluate`, `infer`).
     pub model: ModelConfig,
+    /// The training loop (`pipeline train`).
     pub train: TrainConfig,
+    /// Inference on new photographs (`pipeline infer`).
     pub infer: InferConfig,
     /// Largest accepted input image, width x height in pixels (larger files are refused with
     /// their size and this limit). Written to the canonical config only when changed.
     #[serde(skip_serializing_if = "is_default_max_pixels")]
     pub max_image_pixels: u64,
+    /// Scoring of a trained model (`pipeline evaluate`).
     pub evaluate: EvaluateConfig,
 }
 
@@ -79,14 +86,19 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Lesion {
+    /// Haemorrhages (`hemorrhages`, the default).
     #[default]
     Hemorrhages,
+    /// Hard exudates (`hardexudates`).
     Hardexudates,
+    /// Soft exudates (`softexudates`).
     Softexudates,
+    /// Red small dots, i.e. microaneurysms (`redsmalldots`).
     Redsmalldots,
 }
 
 impl Lesion {
+    /// Every kind, in DIARETDB1's folder order.
     pub const ALL: [Lesion; 4] = [
         Lesion::Hemorrhages,
         Lesion::Hardexudates,
@@ -109,7 +121,9 @@ impl Lesion {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
+    /// Lossless RGB PNG (`png`, the default).
     Png,
+    /// RGB JPEG (`jpeg`) at `generate.jpeg_quality`.
     Jpeg,
 }
 
@@ -128,6 +142,7 @@ pub struct GenerateConfig {
     pub jpeg_quality: u8,
     /// Apply the field-of-view mask (`ddb1_fundusmask/fmask.tif`) to the lesion mask when present.
     pub use_fov_mask: bool,
+    /// Which variants are written for every source.
     pub variants: VariantsConfig,
 }
 
@@ -148,7 +163,9 @@ impl Default for GenerateConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct VariantsConfig {
+    /// Write the left-right mirror `hflip` (default true).
     pub hflip: bool,
+    /// Write the top-bottom mirror `vflip` (default true).
     pub vflip: bool,
     /// Rotation angles in degrees; positive turns the picture counter-clockwise on screen.
     pub rotate: Vec<f64>,
@@ -164,6 +181,7 @@ pub struct VariantsConfig {
     pub distort: Vec<f64>,
     /// Gaussian sigma (pixels) of the distortion field.
     pub distort_sigma: f64,
+    /// Barrel and pincushion warps.
     pub lens: LensConfig,
 }
 
@@ -188,7 +206,9 @@ impl Default for VariantsConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ElasticParams {
+    /// Displacement scale in pixels, >= 0 (default 1300).
     pub alpha: f64,
+    /// Gaussian sigma in pixels, in (0, [`MAX_SIGMA`]] (default 8).
     pub sigma: f64,
 }
 
@@ -255,12 +275,19 @@ impl std::fmt::Display for SplitMode {
     }
 }
 
+/// How the sources are assigned to train / valid / test. The three ratios are each within 0..=1,
+/// sum to 1 (within 1e-6), and `train` is > 0.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SplitConfig {
+    /// What is divided: sources, DIARETDB1's lists, or files (default `by-source`).
     pub mode: SplitMode,
+    /// Share of sources (files in `by-file`) for training (default 0.8). In `official` mode only
+    /// `valid / (train + valid)` matters: the share of the training list moved to valid.
     pub train: f64,
+    /// Share for validation (default 0.15).
     pub valid: f64,
+    /// Share for testing (default 0.05); ignored in `official` mode (DIARETDB1's test list).
     pub test: f64,
     /// Test holds only the `orig` variant of its sources (by-source and official modes).
     pub test_originals_only: bool,
@@ -278,6 +305,7 @@ impl Default for SplitConfig {
     }
 }
 
+/// Settings of `pipeline stats`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatsConfig {

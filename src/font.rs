@@ -3,6 +3,7 @@
 
 use std::sync::Once;
 
+/// The TrueType file of DejaVu Sans Mono, embedded at build time.
 pub const DEJAVU_SANS_MONO: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 
 /// The font for imageproc's text drawing.

@@ -72,24 +72,31 @@ pub struct GenerateOptions {
 /// What a generation did.
 #[derive(Debug, Clone)]
 pub struct GenerateReport {
+    /// The run folder `<out>/<name>`.
     pub run_dir: PathBuf,
+    /// Sources generated (the failed ones not counted).
     pub sources: usize,
+    /// Pairs of those sources (written now or reused from `--resume`).
     pub pairs: usize,
     /// Pairs kept from an interrupted run (`--resume`).
     pub reused: usize,
+    /// Sources that could not be used (unpaired, unreadable, too large), with the reason.
     pub failed: Vec<Problem>,
     /// Ground-truth warnings per source (the source was generated).
     pub warnings: Vec<Problem>,
+    /// Files in the image and ground-truth folders that are not images, skipped.
     pub ignored: Vec<PathBuf>,
     /// Things the user should know (files left in place, an earlier set kept).
     pub notes: Vec<String>,
     /// Pairs of the earlier complete set that was kept because sources failed (nothing was
     /// committed); `None` when the new set was committed.
     pub kept_earlier: Option<usize>,
+    /// Wall-clock time of the generation, in seconds.
     pub seconds: f64,
 }
 
 impl GenerateReport {
+    /// Throughput: `pairs / seconds` (pairs per second; reused pairs count).
     pub fn pairs_per_second(&self) -> f64 {
         self.pairs as f64 / self.seconds.max(1e-9)
     }

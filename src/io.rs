@@ -95,7 +95,8 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// RGB PNG with fast compression (the default level is ~27x slower).
+/// RGB PNG with fast compression (the default level is ~27x slower to encode; the fast level's
+/// time is in docs/benchmarks.md).
 pub fn encode_png_rgb(img: &RgbImage) -> Result<Vec<u8>> {
     encode_png(
         img.as_raw(),

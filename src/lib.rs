@@ -4,6 +4,8 @@
 //! Data flows one way: config -> sources -> prepared pairs -> variants -> files + manifest ->
 //! split -> stats -> train -> evaluate -> infer. `run` is the whole command line as a library call.
 
+#![warn(missing_docs)]
+
 pub mod arch_config;
 pub mod augment;
 pub mod cli;

@@ -14,18 +14,21 @@ use crate::config::{GenerateConfig, Lesion, SplitMode};
 use crate::io::{hash_file, write_json};
 use crate::run_layout::{dataset_rel, PairPart, RunLayout, Split};
 
+/// Schema name and version written in `manifest.json`'s `schema` field.
 pub const SCHEMA: &str = "fundus-pipeline/manifest/v1";
-/// File name of the manifest in the run folder ([`RunLayout::manifest`]).
-pub const FILE_NAME: &str = RunLayout::MANIFEST;
 
+/// The contents of `manifest.json`: what a run generated, from what, and how it is split.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
+    /// [`SCHEMA`] of the writer.
     pub schema: String,
+    /// The `pipeline` version (Cargo package version) that wrote it.
     pub tool_version: String,
     /// Hash of the settings that decide the master set (seed, lesion, generate section).
     pub generation_key: String,
     /// Those settings, resolved.
     pub generation: Generation,
+    /// One record per DIARETDB1 source image, in processing order.
     pub sources: Vec<SourceRecord>,
     /// One record per image/mask pair, sorted by name.
     pub pairs: Vec<PairRecord>,
@@ -62,13 +65,18 @@ impl GenerationKey<'_> {
     }
 }
 
+/// One source: a DIARETDB1 fundus photograph and its ground-truth map.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceRecord {
+    /// File stem of the photograph, e.g. `image001`; prefix of its pairs' names.
     pub stem: String,
-    /// Paths relative to the dataset root.
+    /// The photograph, relative to the config's `data` folder, with forward slashes.
     pub image: String,
+    /// The ground-truth map, relative to the config's `data` folder.
     pub truth: String,
+    /// blake3 (hex) of the photograph's bytes as read.
     pub image_hash: String,
+    /// blake3 (hex) of the ground-truth file's bytes as read.
     pub truth_hash: String,
     /// blake3 of the decoded image (size and RGB pixels): the same photograph in another
     /// container has the same value ([`crate::generate::pixel_hash`]). Empty in manifests of
@@ -80,17 +88,24 @@ pub struct SourceRecord {
     pub truth_warnings: Vec<String>,
 }
 
+/// One generated image/mask pair in `master/`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PairRecord {
     /// `<stem>_<variant>`.
     pub name: String,
+    /// The source's stem ([`SourceRecord::stem`]).
     pub source: String,
+    /// The variant's name, e.g. `rotate_20` ([`crate::augment::Variant::name`]).
     pub variant: String,
+    /// The variant's parameters ([`crate::augment::Variant::params`]), e.g. `{"degrees": 20.0}`.
     pub params: VariantParams,
-    /// Paths relative to the run folder.
+    /// Path of the image, relative to the run folder.
     pub image: String,
+    /// Path of the mask (1-channel PNG, 0 or 255), relative to the run folder.
     pub mask: String,
+    /// blake3 (hex) of the image file.
     pub image_hash: String,
+    /// blake3 (hex) of the mask file.
     pub mask_hash: String,
     /// Lesion pixels in the mask.
     pub foreground: u64,
@@ -128,10 +143,14 @@ impl PairRecord {
     }
 }
 
+/// The split as `pipeline split` recorded it (its presence means the split is complete).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SplitInfo {
+    /// The split mode as written in the config (`by-source`, `official`, `by-file`).
     pub mode: SplitMode,
+    /// The config's train, valid, test ratios.
     pub ratios: [f64; 3],
+    /// Whether test holds only `orig` variants (`split.test_originals_only`).
     pub test_originals_only: bool,
     /// Source stems per split, keyed by the split's name.
     pub sources: BTreeMap<String, Vec<String>>,
@@ -197,13 +216,19 @@ impl Manifest {
 /// What `verify` found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Files listed in the manifest (master and dataset) that were looked at.
     pub checked: usize,
+    /// Listed files whose blake3 differs from the manifest (or that could not be read);
+    /// paths relative to the run folder.
     pub changed: Vec<String>,
+    /// Listed files that are not there.
     pub missing: Vec<String>,
+    /// Files in `master/` or `dataset/` that the manifest does not list.
     pub extra: Vec<String>,
 }
 
 impl VerifyReport {
+    /// True when nothing changed, is missing or is extra.
     pub fn is_clean(&self) -> bool {
         self.changed.is_empty() && self.missing.is_empty() && self.extra.is_empty()
     }

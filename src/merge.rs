@@ -26,7 +26,10 @@ use crate::config::Config;
 use crate::dataset::layout::Problem;
 use crate::generate::{commit_external, ExternalSet, GenerateReport};
 use crate::io::{hash_file, write_atomic, write_json};
-use crate::manifest::{Manifest, PairRecord, FILE_NAME, SCHEMA};
+use crate::manifest::{Manifest, PairRecord, SCHEMA};
+use crate::run_layout::RunLayout;
+
+const FILE_NAME: &str = RunLayout::MANIFEST;
 use crate::shard::{owner, Shard, ShardRecord, RECORD, RULE, SCHEMA as SHARD_SCHEMA, SHARDS_DIR};
 
 /// How to merge.

@@ -19,9 +19,13 @@ use crate::rng::rng_for;
 /// Where one training patch lies in its pair: top-left corner and side, px.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Patch {
+    /// Left column of the patch, in pixels.
     pub x: u32,
+    /// Top row of the patch, in pixels.
     pub y: u32,
+    /// Side of the square patch, in pixels.
     pub size: u32,
+
     /// Whether it was centred on a lesion pixel.
     pub foreground: bool,
 }

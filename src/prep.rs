@@ -12,17 +12,23 @@ use crate::augment::Pair;
 /// Where the original picture sits inside the square, so predictions can be mapped back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SquareGeometry {
+    /// Width of the original picture, in pixels.
     pub orig_w: u32,
+    /// Height of the original picture, in pixels.
     pub orig_h: u32,
     /// Side of the padded square before resizing: max(orig_w, orig_h).
     pub side: u32,
+    /// Fill columns left of the picture in the square: (side - orig_w) / 2, in pixels.
     pub pad_x: u32,
+    /// Fill rows above the picture in the square: (side - orig_h) / 2, in pixels.
     pub pad_y: u32,
     /// Output side after resizing.
     pub size: u32,
 }
 
 impl SquareGeometry {
+    /// The geometry of an `orig_w` x `orig_h` picture centred in its square and resized to
+    /// `size` x `size` (all in pixels).
     pub fn new(orig_w: u32, orig_h: u32, size: u32) -> Self {
         let side = orig_w.max(orig_h);
         Self {
@@ -82,11 +88,24 @@ fn pad_to_square<const C: usize>(
 pub enum TruthIssue {
     /// A colour map whose channels differ: it is read as luminance, so marks kept in one channel
     /// (a colour-coded export) lose most of their value.
-    ColourChannelsDiffer { pixels: u64 },
+    ColourChannelsDiffer {
+        /// Pixels whose R, G and B are not all equal.
+        pixels: u64,
+    },
     /// Values that are not DIARETDB1 confidence levels (multiples of 21 up to 252).
-    NotDdb1Levels { pixels: u64, example: u8 },
+    NotDdb1Levels {
+        /// Pixels with such a value.
+        pixels: u64,
+        /// One such value.
+        example: u8,
+    },
     /// Marks exist, but none reaches the threshold: the mask is empty.
-    EmptyAtThreshold { max: u8, min_value: u16 },
+    EmptyAtThreshold {
+        /// The largest value in the map (0..=255).
+        max: u8,
+        /// The smallest value that counts as lesion: max(1, ceil(threshold x 252)).
+        min_value: u16,
+    },
 }
 
 impl TruthIssue {

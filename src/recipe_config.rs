@@ -99,7 +99,9 @@ impl Default for EvaluateConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InputNorm {
+    /// Per-channel (R, G, B) mean subtracted, on the [0, 1] scale; finite.
     pub mean: [f64; 3],
+    /// Per-channel (R, G, B) divisor, on the [0, 1] scale; finite and > 0.
     pub std: [f64; 3],
 }
 
@@ -110,8 +112,11 @@ pub mod defaults {
     pub const FOREGROUND_SHARE: f64 = 0.33;
     /// Abraham & Khan 2019: alpha (weight of false negatives) 0.7, beta 0.3, gamma 4/3.
     pub const TVERSKY_ALPHA: f64 = 0.7;
+    /// Tversky beta (weight of false positives), Abraham & Khan 2019.
     pub const TVERSKY_BETA: f64 = 0.3;
+    /// Focal exponent gamma of the focal Tversky loss, Abraham & Khan 2019.
     pub const FOCAL_GAMMA: f64 = 4.0 / 3.0;
+
     /// nnU-Net's default tile overlap: half a tile (step 0.5).
     pub const OVERLAP: f64 = 0.5;
 }

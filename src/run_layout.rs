@@ -145,11 +145,6 @@ impl RunLayout {
         self.root.join(Self::COMMIT)
     }
 
-    /// `pipeline.lock`.
-    pub fn lock_file(&self) -> PathBuf {
-        self.root.join(Self::LOCK)
-    }
-
     /// `master/`.
     pub fn master(&self) -> PathBuf {
         self.root.join(Self::MASTER)

@@ -389,7 +389,7 @@ pub fn generate_shard(
             })
             .collect(),
         pairs: manifest.pairs.len(),
-        manifest_hash: hash_file(&dir.join(crate::manifest::FILE_NAME))?,
+        manifest_hash: hash_file(&dir.join(crate::run_layout::RunLayout::MANIFEST))?,
         wall_seconds: report.seconds,
         threads: opts.threads.unwrap_or_else(rayon::current_num_threads),
     };

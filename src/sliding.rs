@@ -23,13 +23,21 @@ pub enum Mode {
     /// One pass over the whole (squared, resized) image: the seed's resize-to-size inference.
     Whole,
     /// Tiles of side `tile` px with a fraction `overlap` in [0, 1) of a tile shared by neighbours.
-    Sliding { tile: u32, overlap: f64 },
+    Sliding {
+        /// Tile side in pixels of the squared, resized image (at most its side).
+        tile: u32,
+        /// Fraction of a tile shared with its neighbour, in [0, 1).
+        overlap: f64,
+    },
 }
 
 /// Inference geometry: the mode and whether to average flipped predictions.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
+    /// Whole image or sliding tiles.
     pub mode: Mode,
+    /// Also predict every tile mirrored left-right, top-bottom and both, and average the four
+    /// un-mirrored predictions (nnU-Net's test-time mirroring): 4x the network passes.
     pub flips: bool,
 }
 

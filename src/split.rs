@@ -25,9 +25,14 @@ use crate::run_layout::{PairPart, RunLayout, Split};
 /// Pairs and sources per split, and warnings for the user.
 #[derive(Debug, Clone, Default)]
 pub struct SplitReport {
+    /// Image/mask pairs per split.
     pub pairs: BTreeMap<Split, usize>,
+    /// Source images per split.
     pub sources: BTreeMap<Split, usize>,
+    /// Things the user should know (e.g. the by-file leak, sources with the same image kept
+    /// together), one sentence each.
     pub warnings: Vec<String>,
+
     /// The manifest as saved, with the split recorded.
     pub manifest: Manifest,
 }

@@ -17,6 +17,7 @@ use crate::io::{open_image, write_json};
 use crate::manifest::{Manifest, PairRecord, SplitInfo};
 use crate::run_layout::{PairPart, RunLayout, Split};
 
+/// Schema name and version written in `stats.json`'s `schema` field.
 pub const SCHEMA: &str = "fundus-pipeline/stats/v1";
 
 /// `stats.json`: the run's inputs, generation, split and per-split measurements.

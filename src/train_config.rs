@@ -253,7 +253,8 @@ impl ModelConfig {
     }
 }
 
-/// Training loop settings (defaults mirror the reference's config; docs/training.md#config-reference).
+/// Training loop settings (defaults mirror the reference's training config; the table is in
+/// docs/training.md, "Config reference").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {

@@ -14,10 +14,15 @@ use super::warp::CoordMap;
 
 /// A dense displacement field: source = (x + sx * dx, y + sx * dy) for sign `sign`.
 pub struct Displacement {
+    /// Width in pixels.
     pub w: usize,
+    /// Height in pixels.
     pub h: usize,
+    /// Horizontal displacement in pixels, row-major, `w * h` values.
     pub dx: Vec<f32>,
+    /// Vertical displacement in pixels, row-major, `w * h` values.
     pub dy: Vec<f32>,
+
     /// +1: sample at p + d (elastic); -1: sample at p - d (distortion).
     pub sign: f32,
 }

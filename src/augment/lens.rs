@@ -7,9 +7,13 @@ use super::warp::CoordMap;
 /// One warp disc, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lens {
+    /// Centre x, in pixels.
     pub cx: f64,
+    /// Centre y, in pixels.
     pub cy: f64,
+    /// Disc radius R, in pixels; pixels at r >= R are not moved.
     pub radius: f64,
+    /// Exponent of sin(pi r / 2R): > 0 barrel, < 0 pincushion, 0 identity.
     pub amount: f64,
 }
 

@@ -28,15 +28,36 @@ pub use warp::{remap, Border, Pair, SampleMap};
 /// One output variant of a source.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Variant {
+    /// The prepared pair unchanged (`orig`).
     Orig,
+    /// Mirrored left-right (`hflip`).
     HFlip,
+    /// Mirrored top-bottom (`vflip`).
     VFlip,
+    /// Rotation by this many degrees about the centre; positive turns the picture
+    /// counter-clockwise on screen (see [`affine::rotation`]). Corners read the fill colour.
     Rotate(f64),
+    /// Scaling by this factor in (0, 1] about the centre, pasted on the fill colour.
     Shrink(f64),
+    /// Horizontal shear x' = x + s (y - cy), s the factor.
     ShearX(f64),
+    /// Vertical shear y' = y + s (x - cx), s the factor.
     ShearY(f64),
-    Elastic { alpha: f64, sigma: f64 },
-    Distort { amount: f64, sigma: f64 },
+    /// Elastic deformation (Simard et al. 2003): see [`field::elastic`].
+    Elastic {
+        /// Displacement scale, in pixels per unit of smoothed U(-1, 1) noise.
+        alpha: f64,
+        /// Gaussian sigma of the smoothing, in pixels.
+        sigma: f64,
+    },
+    /// Gaussian-field distortion: see [`field::distortion`].
+    Distort {
+        /// Largest displacement as a fraction of the longer side (0..=0.5).
+        amount: f64,
+        /// Gaussian sigma of the field, in pixels.
+        sigma: f64,
+    },
+    /// A barrel or pincushion warp (one or several chained discs).
     Lens(LensVariant),
 }
 
@@ -49,7 +70,9 @@ pub struct LensVariant {
     pub pincushion: bool,
     /// Signed exponent: +amount for barrel, -amount for pincushion.
     pub amount: f64,
+    /// Radius of every warped disc as a fraction of the width (0, 1].
     pub radius: f64,
+
     /// Centres (fractions of width, height) applied in turn: one, or 1..=index when chained.
     pub centres: Vec<[f64; 2]>,
 }

@@ -7,7 +7,9 @@ use image::{GrayImage, Rgb, RgbImage};
 /// An image/mask pair of the same size. Mask values are 0 or 255.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
+    /// The RGB picture.
     pub image: RgbImage,
+    /// The lesion mask, same size, 0 (background) or 255 (lesion).
     pub mask: GrayImage,
     /// Colour used where a warp samples outside the picture (the source's corner colour).
     pub fill: Rgb<u8>,
@@ -25,6 +27,7 @@ pub enum Border {
 /// Fills `out[x]` with the source coordinate (x, y), in pixels with centres at integers, of every
 /// output pixel of row `y`.
 pub trait CoordMap {
+    /// Writes the source `[x, y]` of output pixels `(0..out.len(), y)` into `out`.
     fn row(&self, y: usize, out: &mut [[f32; 2]]);
 }
 

@@ -10,10 +10,15 @@ use anyhow::{bail, Result};
 use crate::config::Lesion;
 use crate::input::{ambiguous_message, list_images, not_a_file_message, EXTENSIONS};
 
+/// The fundus photographs, relative to the `diaretdb1_v_1_1` folder.
 pub const IMAGES_DIR: &str = "resources/images/ddb1_fundusimages";
+/// The ground-truth folders (one per [`Lesion::folder`]), relative to `diaretdb1_v_1_1`.
 pub const TRUTH_DIR: &str = "resources/images/ddb1_groundtruth";
+/// The field-of-view mask shared by all photographs, relative to `diaretdb1_v_1_1`.
 pub const FOV_MASK: &str = "resources/images/ddb1_fundusmask/fmask.tif";
+/// DIARETDB1's official training list (`split.mode = official`), relative to `diaretdb1_v_1_1`.
 pub const TRAIN_LIST: &str = "resources/traindatasets/trainset.txt";
+/// DIARETDB1's official test list (`split.mode = official`), relative to `diaretdb1_v_1_1`.
 pub const TEST_LIST: &str = "resources/testdatasets/testset.txt";
 
 /// One paired source.
@@ -21,21 +26,27 @@ pub const TEST_LIST: &str = "resources/testdatasets/testset.txt";
 pub struct Source {
     /// File stem, e.g. `image003`.
     pub stem: String,
+    /// The fundus photograph (under [`IMAGES_DIR`]).
     pub image: PathBuf,
+    /// Its ground-truth confidence map (under [`TRUTH_DIR`]/`<lesion>`).
     pub truth: PathBuf,
 }
 
 /// A source that cannot be used, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The file stem concerned.
     pub stem: String,
+    /// What is wrong, naming the file(s), for the user.
     pub message: String,
 }
 
 /// The result of scanning a dataset root.
 #[derive(Debug, Clone)]
 pub struct Scan {
+    /// The scanned `diaretdb1_v_1_1` folder, as given.
     pub root: PathBuf,
+
     /// Paired sources, sorted by stem.
     pub sources: Vec<Source>,
     /// Images without ground truth and the reverse.

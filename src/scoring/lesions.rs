@@ -36,6 +36,7 @@ impl LesionCounts {
         }
     }
 
+    /// Adds `o`'s counts to these (pooling over images).
     pub fn add(&mut self, o: &LesionCounts) {
         self.n_ref += o.n_ref;
         self.found += o.found;

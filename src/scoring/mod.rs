@@ -28,10 +28,14 @@ pub type ProbMap = ImageBuffer<Luma<f32>, Vec<f32>>;
 /// Pixel counts of a thresholded prediction against the reference.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Confusion {
+    /// True positives: predicted lesion, lesion in the reference.
     pub tp: u64,
+    /// False positives: predicted lesion, background in the reference.
     pub fp: u64,
+    /// False negatives: predicted background, lesion in the reference (JSON key `fn`).
     #[serde(rename = "fn")]
     pub fn_: u64,
+    /// True negatives: background in both.
     pub tn: u64,
 }
 
@@ -105,12 +109,14 @@ pub struct ImageScore {
     pub pixels: Confusion,
     /// Probability histogram of the FOV pixels, for the AUPR.
     pub pr: PrHistogram,
+    /// Lesion-wise detection counts (8-connected components inside the FOV).
     pub lesions: LesionCounts,
     /// Pixels inside the FOV (the scored pixels).
     pub fov_pixels: u64,
 }
 
 impl ImageScore {
+    /// Adds `o`'s counts and histogram to these (pooling over images).
     pub fn add(&mut self, o: &ImageScore) {
         self.pixels.add(&o.pixels);
         self.pr.add(&o.pr);
@@ -262,9 +268,11 @@ pub const FOV_MIN_LEVEL: u8 = 20;
 /// One scored image of a summary.
 #[derive(Debug, Clone)]
 pub struct Case {
+    /// The image's name in the summary (its file stem).
     pub image: String,
     /// Where the image and its reference came from (written beside `image`).
     pub files: CaseFiles,
+    /// The image's scores.
     pub score: ImageScore,
 }
 

@@ -18,7 +18,9 @@ use crate::run_layout::Split;
 /// One photograph to score.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Photo {
+    /// File stem, e.g. `image013`; names the case in the results.
     pub stem: String,
+    /// The fundus photograph at its own resolution.
     pub image: PathBuf,
     /// The ground-truth confidence map (8-bit gray, DIARETDB1's 0..252).
     pub truth: PathBuf,
@@ -125,7 +127,10 @@ pub fn test_split_photos(cfg: &Config, m: &Manifest) -> Result<Vec<Photo>> {
 
 /// The field of view used for one photograph and how it was obtained.
 pub struct Fov {
+    /// Inside the field of view where > 0 (255), same size as the photograph; `None` when
+    /// `evaluate.fov` is `none` (every pixel is scored).
     pub mask: Option<GrayImage>,
+
     /// `fmask <path>`, `estimated (brightest channel >= L, row spans)` or `none`.
     pub how: String,
 }

@@ -9,9 +9,13 @@ use anyhow::{bail, Context, Result};
 use tch::nn::VarStore;
 use tch::Tensor;
 
+/// Adam (Kingma & Ba 2015) over every variable of a `VarStore`, in PyTorch's formulation:
+/// m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+/// p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).
 pub struct Adam {
     /// (name, parameter, first moment, second moment), sorted by name.
     params: Vec<(String, Tensor, Tensor, Tensor)>,
+    /// Learning rate (changed by reduce-on-plateau between epochs).
     pub lr: f64,
     /// Optimizer steps taken (the bias-correction exponent).
     pub step: i64,
@@ -21,6 +25,7 @@ pub struct Adam {
 }
 
 impl Adam {
+    /// Fresh moments (zeros shaped like each variable) for every variable of `vs`, step 0.
     pub fn new(vs: &VarStore, lr: f64) -> Self {
         // Trainable variables only: batch-norm running statistics are buffers, not parameters.
         let mut vars: Vec<(String, Tensor)> = vs
@@ -47,6 +52,7 @@ impl Adam {
         }
     }
 
+    /// Zeroes the gradient of every parameter (before a backward pass).
     pub fn zero_grad(&mut self) {
         for (_, p, _, _) in &mut self.params {
             p.zero_grad();

@@ -25,13 +25,22 @@ pub const FORMAT: &str = "fundus-pipeline/checkpoint/v2";
 /// One finished epoch (the CSV rows and the curves are drawn from these).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochRow {
+    /// The epoch, 1-based.
     pub epoch: usize,
+    /// Training loss (the configured `train.loss`, averaged with the deep-supervision heads when
+    /// there are any), mean over the epoch's training images.
     pub loss: f64,
+    /// The same loss on the validation split: whole pairs, main output, at most
+    /// `train.max_valid_steps` batches.
     pub val_loss: f64,
+    /// Soft Dice (2 sum(p y) + 1) / (sum p + sum y + 1) of the training batches, mean over images
+    /// (see [`super::losses`]).
     pub dice_coef: f64,
+    /// Soft Dice on the validation split.
     pub val_dice_coef: f64,
     /// Learning rate used during this epoch.
     pub lr: f64,
+    /// Wall-clock time of the epoch (training and validation), in seconds.
     pub seconds: f64,
     /// Training images per second (steps after the first; the first includes warm-up).
     pub images_per_s: f64,
@@ -40,23 +49,32 @@ pub struct EpochRow {
 /// Everything besides tensors that a checkpoint records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {
+    /// [`FORMAT`] of the writer; other formats are refused on load.
     pub format: String,
+    /// The model config the weights belong to (checked against the run's config on load).
     pub model: ModelConfig,
     /// Image side the model was trained on.
     pub size: u32,
     /// Last finished epoch (1-based).
     pub epoch: usize,
+    /// Adam steps taken so far (bias correction continues from here on `--resume`).
     pub optimizer_step: i64,
     /// Learning rate for the next epoch.
     pub lr: f64,
+    /// Lowest validation loss so far (infinity before the first epoch).
     pub best_val_loss: f64,
+    /// Epoch of [`TrainState::best_val_loss`] (0 before the first epoch).
     pub best_epoch: usize,
     /// Epochs since the last improvement (early stopping).
     pub epochs_without_improvement: usize,
     /// Epochs since the last improvement or learning-rate reduction (reduce-on-plateau).
     pub plateau_wait: usize,
+    /// True when early stopping ended the run (`train.early_stopping_patience` epochs without
+    /// improvement).
     pub stopped_early: bool,
+    /// Every finished epoch, in order.
     pub history: Vec<EpochRow>,
+
     /// blake3 over the train and valid pairs the run trains on (names and bytes,
     /// [`super::data::split_hash`]); `--resume` refuses when they changed.
     pub data_hash: String,

@@ -18,8 +18,11 @@ use crate::io::{hash_file, open_image};
 /// One image/mask pair of a split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
+    /// The pair's name `<stem>_<variant>` (the shared file stem).
     pub stem: String,
+    /// The RGB image, `generate.size` square.
     pub image: PathBuf,
+    /// The mask (lesion where >= 128), same size.
     pub mask: PathBuf,
 }
 
@@ -150,13 +153,20 @@ pub fn load_sample(s: &Sample, size: u32) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// A decoded batch: NHWC RGB bytes and NHW {0,1} mask bytes.
 pub struct Batch {
+    /// The pairs' names, in batch order.
     pub stems: Vec<String>,
+    /// RGB bytes, `[N, S, S, 3]` row-major (NHWC), 0..=255.
     pub images: Vec<u8>,
+    /// Mask bytes, `[N, S, S]`, 0 or 1.
     pub masks: Vec<u8>,
+    /// Side S in pixels.
     pub size: u32,
 }
 
 impl Batch {
+    /// Decodes `samples` in parallel (rayon) into one batch of side `size`. Errors: a file that
+    /// cannot be decoded, or that is not `size` x `size` (the message names the file, its size
+    /// and `generate.size`).
     pub fn load(samples: &[&Sample], size: u32) -> Result<Batch> {
         let loaded: Vec<(Vec<u8>, Vec<u8>)> = samples
             .par_iter()
@@ -175,10 +185,12 @@ impl Batch {
         Ok(b)
     }
 
+    /// Pairs in the batch (N).
     pub fn len(&self) -> usize {
         self.stems.len()
     }
 
+    /// True for a batch of no pairs.
     pub fn is_empty(&self) -> bool {
         self.stems.is_empty()
     }
@@ -213,6 +225,9 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Starts the worker: batches of `batch_size` (the last may be smaller) of
+    /// `samples[order[..]]` at side `size`. Iteration stops after the first batch that fails to
+    /// load (yielded as its `Err`).
     pub fn new(samples: &[Sample], order: &[usize], batch_size: usize, size: u32) -> Self {
         let chunks: Vec<Vec<Sample>> = order
             .chunks(batch_size)

@@ -30,7 +30,9 @@ use crate::train_config::ModelConfig;
 pub struct EvalReport {
     /// The reference's loss and soft Dice over the test pairs (None when scoring a folder).
     pub loss: Option<f64>,
+    /// The soft Dice of that pass (None when scoring a folder).
     pub dice_coef: Option<f64>,
+
     /// The whole evaluation.json.
     pub summary: Evaluation,
 }

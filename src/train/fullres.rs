@@ -26,12 +26,15 @@ use crate::sliding::{predict_map, to_original_frame, Mode, Window};
 pub struct Inference {
     /// Side of the square the photograph is resized to (`generate.size`).
     pub size: u32,
+    /// Whole image or sliding tiles (tile side `train.patch_size`, else `generate.size`), and
+    /// whether to average mirrored predictions.
     pub window: Window,
     /// Tiles per forward pass.
     pub batch: usize,
 }
 
 impl Inference {
+    /// The inference `cfg` describes.
     pub fn from_config(cfg: &Config) -> Self {
         let tile = cfg.train.patch_size.unwrap_or(cfg.generate.size);
         let mode = match cfg.infer.mode {

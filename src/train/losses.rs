@@ -22,13 +22,19 @@ use crate::train_config::TrainConfig;
 /// The loss of a training config: kind and Tversky parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Loss {
+    /// Which loss (`bce-dice`, `tversky`, `focal-tversky`).
     pub kind: LossKind,
+    /// Tversky weight of false negatives (used by `tversky` and `focal-tversky`).
     pub alpha: f64,
+    /// Tversky weight of false positives.
     pub beta: f64,
+    /// Focal Tversky gamma: the loss is (1 - TI)^(1/gamma) (`focal-tversky` only).
     pub gamma: f64,
 }
 
 impl Loss {
+    /// The loss of `t`: `train.loss`, `train.tversky_alpha`, `train.tversky_beta`,
+    /// `train.focal_gamma`.
     pub fn from_config(t: &TrainConfig) -> Self {
         Self {
             kind: t.loss,

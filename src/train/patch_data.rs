@@ -26,7 +26,10 @@ pub struct PatchSpec {
     pub patch: u32,
     /// Share of patches centred on a lesion pixel.
     pub foreground_share: f64,
+    /// The run's seed: with the pair's name, the epoch and its position in the epoch it seeds
+    /// the patch's place (so the cut does not depend on threads or batching).
     pub seed: u64,
+    /// The epoch (1-based) the batch belongs to.
     pub epoch: usize,
     /// `fov_min_level` of the field-of-view estimate (computed on the whole pair, then cut).
     pub fov_min_level: u8,
@@ -34,7 +37,9 @@ pub struct PatchSpec {
 
 /// A batch of patches with the field of view of each patch ({0,1} bytes, N x patch x patch).
 pub struct PatchBatch {
+    /// The patches as a batch of side `patch` (images and masks).
     pub batch: Batch,
+    /// Field of view of each patch, `[N, patch, patch]` bytes, 1 inside and 0 outside.
     pub fov: Vec<u8>,
 }
 
@@ -84,6 +89,8 @@ pub struct PatchLoader {
 }
 
 impl PatchLoader {
+    /// Starts the worker: batches of `batch_size` pairs of `samples[order[..]]`, one patch cut
+    /// from each as `spec` says. Iteration stops after the first batch that fails (its `Err`).
     pub fn new(samples: &[Sample], order: &[usize], batch_size: usize, spec: PatchSpec) -> Self {
         let chunks: Vec<(usize, Vec<Sample>)> = order
             .chunks(batch_size)
@@ -138,16 +145,22 @@ pub type TrainBatches = Box<dyn Iterator<Item = Result<(Batch, Option<Vec<u8>>)>
 /// `epoch_length`). `Recipe::from_config` of a default config is the reference's training.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Recipe {
+    /// The loss and its Tversky parameters (`train.loss`, `train.tversky_*`, `train.focal_gamma`).
     pub loss: Loss,
     /// `evaluate.fov_min_level` when `train.loss_in_fov`.
     pub fov_level: Option<u8>,
+    /// Patch side in pixels (`train.patch_size`); None trains on whole pairs.
     pub patch: Option<u32>,
+    /// Share of patches centred on a lesion pixel (`train.foreground_share`, 0..=1).
     pub foreground_share: f64,
+    /// Steps per epoch when sampling patches (`train.epoch_length`); None is one pass.
     pub epoch_length: Option<usize>,
+    /// The run's seed (patch order and places).
     pub seed: u64,
 }
 
 impl Recipe {
+    /// The recipe of `cfg`'s `train` section (with `seed` and `evaluate.fov_min_level`).
     pub fn from_config(cfg: &Config) -> Self {
         let t = &cfg.train;
         Self {

@@ -67,8 +67,11 @@ pub const OFFICIAL_TRAIN: [usize; 28] = [
 pub struct SynthOptions {
     /// Number of images (1..=999; named image001.png ..).
     pub count: usize,
+    /// Seed of every draw: same options, byte-identical files.
     pub seed: u64,
+    /// Image width in pixels (DIARETDB1: 1500).
     pub width: u32,
+    /// Image height in pixels (DIARETDB1: 1152).
     pub height: u32,
 }
 

@@ -95,8 +95,10 @@ pub struct GenerateArgs {
 /// `generate`'s options: those `all` shares, and the shard.
 #[derive(Debug, Args)]
 pub struct GenerateCmd {
+    /// The options `generate` shares with `all`.
     #[command(flatten)]
     pub generate: GenerateArgs,
+    /// Which shard of the sources to generate.
     #[command(flatten)]
     pub shard: ShardArgs,
 }
@@ -122,6 +124,7 @@ pub struct ShardArgs {
 /// `merge`'s options.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
+    /// The config file and the overrides every stage accepts.
     #[command(flatten)]
     pub common: ConfigArgs,
     /// The shard count N to merge (default: the one count found under <run>/shards/).
@@ -209,6 +212,7 @@ pub struct InferArgs {
     /// Folder for the masks and overlays (default: <out>/<name>/infer).
     #[arg(long)]
     pub infer_dir: Option<PathBuf>,
+    /// Which shard of the images to run.
     #[command(flatten)]
     pub shard: ShardArgs,
 }

@@ -1004,18 +1004,24 @@ fn progress_bar(total: u64, show: bool) -> ProgressBar {
 /// `run.json`: timings and problems of the last generation (not part of the reproducible output).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunInfo {
+    /// Timings and problems of the last `pipeline generate` ([`GenerateRun`]).
     pub generate: GenerateRun,
 }
 
 /// The `generate` section of `run.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GenerateRun {
+    /// Wall-clock time of the generation, seconds.
     pub wall_seconds: f64,
+    /// Pairs of the sources used (written now or reused from `--resume`).
     pub pairs: usize,
+    /// Throughput, pairs per second: `pairs` / `wall_seconds`.
     pub pairs_per_second: f64,
     /// Pairs kept from an interrupted run (`--resume`).
     pub reused_pairs: usize,
+    /// Worker threads used (the rayon pool's size when the count is not given).
     pub threads: usize,
+    /// Sources the generation could not use, with the reason.
     pub failed_sources: Vec<FailedSource>,
     /// False when an earlier complete set was kept because sources failed.
     pub committed: bool,
@@ -1024,7 +1030,9 @@ pub struct GenerateRun {
 /// A source the generation could not use, and why.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FailedSource {
+    /// File stem of the source photograph, e.g. `image001`.
     pub stem: String,
+    /// Why it could not be used (the error message).
     pub error: String,
 }
 

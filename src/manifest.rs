@@ -41,8 +41,11 @@ pub struct Manifest {
 /// fields hashed into the generation key ([`GenerationKey`]) plus the variant names in plan order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Generation {
+    /// The config's `seed`: the root of every per-sample random stream.
     pub seed: u64,
+    /// The lesion kind whose ground truth was read.
     pub lesion: Lesion,
+    /// The config's `generate` section, resolved.
     pub generate: GenerateConfig,
     /// Variant names (`orig`, `rotate_20`, ...) in the order of the plan.
     pub variants: Vec<String>,
@@ -52,8 +55,11 @@ pub struct Generation {
 /// `generate` section, in this order (the key of existing run folders depends on it).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct GenerationKey<'a> {
+    /// The config's `seed`.
     pub seed: u64,
+    /// The lesion kind.
     pub lesion: Lesion,
+    /// The config's `generate` section.
     pub generate: &'a GenerateConfig,
 }
 

@@ -47,7 +47,9 @@ pub const MAX_COUNT: u32 = 100_000;
 /// Shard `index` of `count` (0 <= index < count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// 0-based index of this shard, below `count`.
     pub index: u32,
+    /// Number of shards in the job, 1..=[`MAX_COUNT`].
     pub count: u32,
 }
 
@@ -234,10 +236,15 @@ pub fn lock(run_dir: &Path, lock_dir: &Path, command: &str) -> Result<ShardLocks
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShardRecord {
+    /// [`SCHEMA`] of the writer (`fundus-pipeline/shard/v1`).
     pub schema: String,
+    /// The `pipeline` version (Cargo package version) that wrote it.
     pub tool_version: String,
+    /// The source-assignment rule ([`RULE`]); `merge` refuses shards of another rule.
     pub rule: String,
+    /// 0-based index of the shard.
     pub index: u32,
+    /// Shard count of the job.
     pub count: u32,
     /// The config's generation key (seed, lesion, generate section).
     pub generation_key: String,
@@ -253,6 +260,7 @@ pub struct ShardRecord {
     pub manifest_hash: String,
     /// Timing (not part of the reproducible output).
     pub wall_seconds: f64,
+    /// Worker threads the shard used.
     pub threads: usize,
 }
 
@@ -260,7 +268,9 @@ pub struct ShardRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Failed {
+    /// File stem of the failed source.
     pub stem: String,
+    /// Why it failed (the error message).
     pub error: String,
 }
 

@@ -23,17 +23,23 @@ pub const SCHEMA: &str = "fundus-pipeline/stats/v1";
 /// `stats.json`: the run's inputs, generation, split and per-split measurements.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
+    /// [`SCHEMA`] of the writer (`fundus-pipeline/stats/v1`).
     pub schema: String,
+    /// The `pipeline` version (Cargo package version) that wrote the file.
     pub tool_version: String,
     /// blake3 of the canonical config (`Config::canonical`).
     pub config_hash: String,
+    /// The config's `seed`: the root of every per-sample random stream.
     pub seed: u64,
+    /// What the run read: dataset root, lesion kind, source hashes, ground-truth warnings.
     pub input: Input,
+    /// The generation's key, size, variant names and (from `run.json`) timings.
     pub generation: GenerationStats,
     /// The manifest's split record.
     pub split: SplitInfo,
     /// Pairs per variant name, per split.
     pub counts: PerSplit<BTreeMap<String, usize>>,
+    /// Measurements of each split's pairs (lesion fraction, components, RGB channel statistics).
     pub splits: PerSplit<SplitSummary>,
     /// The whole resolved config.
     pub config: Config,
@@ -42,8 +48,11 @@ pub struct Stats {
 /// One value per split, in the order train, valid, test.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PerSplit<T> {
+    /// The value of the train split.
     pub train: T,
+    /// The value of the validation split.
     pub valid: T,
+    /// The value of the test split.
     pub test: T,
 }
 
@@ -71,7 +80,10 @@ impl<T> PerSplit<T> {
 pub struct Input {
     /// The dataset root (`data`).
     pub root: PathBuf,
+    /// The lesion kind whose ground truth was read (`hemorrhages`, `hardexudates`,
+    /// `softexudates` or `redsmalldots`).
     pub lesion: Lesion,
+    /// Every source photograph with its content hashes, in the manifest's order.
     pub sources: Vec<InputSource>,
     /// Sources per ground-truth warning code ([`crate::prep::TruthIssue::CODES`], every code,
     /// in that order).
@@ -83,38 +95,55 @@ pub struct Input {
 /// One source photograph and its content hashes (blake3).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputSource {
+    /// File stem of the photograph, e.g. `image001`.
     pub stem: String,
+    /// blake3 (hex) of the photograph file's bytes.
     pub image_hash: String,
+    /// blake3 (hex) of the ground-truth file's bytes.
     pub truth_hash: String,
 }
 
 /// The generation's key and size, with the timings of `run.json` (null when it is missing).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GenerationStats {
+    /// blake3 (hex) of the settings that decide the master set: seed, lesion and `generate`
+    /// section ([`crate::manifest::GenerationKey`]).
     pub generation_key: String,
+    /// Image/mask pairs in the manifest (every split together).
     pub pairs: usize,
+    /// Variant names (`orig`, `rotate_20`, ...) in plan order.
     pub variants: Vec<String>,
+    /// Wall-clock time of the last `generate`, seconds (from `run.json`); null when `run.json` is
+    /// missing or unreadable.
     pub wall_seconds: Option<f64>,
+    /// Pairs of the last `generate` divided by its wall-clock time, pairs per second; null as
+    /// above.
     pub pairs_per_second: Option<f64>,
+    /// Worker threads the last `generate` used; null as above.
     pub threads: Option<usize>,
 }
 
 /// Measurements of one split's pairs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SplitSummary {
+    /// Pairs assigned to this split.
     pub pairs: usize,
+    /// Source photographs assigned to this split (from the manifest's split record).
     pub sources: usize,
     /// Pairs whose mask has no lesion pixel.
     pub empty_masks: usize,
     /// Lesion pixels / pixels, per pair.
     pub foreground_fraction: Distribution,
+    /// 8-connected lesion components of the split's masks (count, per pair, sizes).
     pub lesion_components: LesionComponents,
+    /// Per-channel RGB mean and standard deviation of the split's images.
     pub image_channels: ImageChannels,
 }
 
 /// 8-connected lesion components of the masks.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LesionComponents {
+    /// Components over all masks of the split.
     pub count: usize,
     /// Components per pair.
     pub per_pair: Distribution,
@@ -125,8 +154,12 @@ pub struct LesionComponents {
 /// Mean and standard deviation of the RGB channels over all pixels of a split (0..1 scale).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ImageChannels {
+    /// States what `mean` and `std` cover (scale 0..1, every pixel of the split).
     pub note: String,
+    /// Mean of R, G, B over every pixel of the split, each value / 255 (0..1), rounded to 6
+    /// decimals.
     pub mean: [f64; 3],
+    /// Population standard deviation of R, G, B, `sqrt(E[v^2] - E[v]^2)`, same scale and rounding.
     pub std: [f64; 3],
 }
 
@@ -134,10 +167,15 @@ pub struct ImageChannels {
 /// empty list.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Distribution {
+    /// Arithmetic mean.
     pub mean: Option<f64>,
+    /// Smallest value.
     pub min: Option<f64>,
+    /// Median: nearest-rank 50th percentile, the value at rank ceil(0.5 n) of the sorted list.
     pub p50: Option<f64>,
+    /// Nearest-rank 95th percentile, the value at rank ceil(0.95 n) of the sorted list.
     pub p95: Option<f64>,
+    /// Largest value.
     pub max: Option<f64>,
 }
 

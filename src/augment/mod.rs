@@ -85,27 +85,43 @@ pub struct LensVariant {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum VariantParams {
+    /// `rotate_*`: a rotation about the centre ([`Variant::Rotate`]).
     Rotate {
+        /// Angle in degrees; positive turns the picture counter-clockwise on screen.
         degrees: f64,
     },
+    /// `shrink_*`: a scaling about the centre, pasted on the fill colour ([`Variant::Shrink`]).
     Shrink {
+        /// Scale factor in (0, 1].
         ratio: f64,
     },
+    /// `shear_x_*` or `shear_y_*` (the record's `variant` says which): a shear about the centre.
     Shear {
+        /// Shear factor s, unitless: x' = x + s (y - cy) for `shear_x`, y' = y + s (x - cx) for
+        /// `shear_y`.
         shear: f64,
     },
+    /// `elastic_*`: an elastic deformation (Simard et al. 2003; [`Variant::Elastic`]).
     Elastic {
+        /// Displacement scale, pixels per unit of smoothed U(-1, 1) noise.
         alpha: f64,
+        /// Gaussian sigma of the smoothing, pixels.
         sigma: f64,
     },
     /// Before `Distort`: its keys are a superset of one of distort's.
     Lens {
+        /// Signed lens exponent: positive for barrel, negative for pincushion.
         amount: f64,
+        /// Radius of every warped disc, fraction of the width in (0, 1].
         radius: f64,
+        /// Disc centres as [x, y] fractions of the width and height, applied in order.
         centres: Vec<[f64; 2]>,
     },
+    /// `distort_*`: a Gaussian-field distortion ([`Variant::Distort`]).
     Distort {
+        /// Largest displacement, fraction of the longer side (0..=0.5).
         amount: f64,
+        /// Gaussian sigma of the field, pixels.
         sigma: f64,
     },
     /// Last: an untagged empty struct matches any object.

@@ -154,37 +154,59 @@ impl ImageScore {
 /// fractions in [0, 1], null where undefined (an empty denominator); counts are pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// `Dice`: 2TP / (2TP + FP + FN) ([`Confusion::dice`]); null when prediction and reference
+    /// are both empty.
     #[serde(rename = "Dice")]
     pub dice: Option<f64>,
+    /// `IoU` (Jaccard): TP / (TP + FP + FN); null when prediction and reference are both empty.
     #[serde(rename = "IoU")]
     pub iou: Option<f64>,
+    /// `Precision`: TP / (TP + FP); null when nothing is predicted.
     #[serde(rename = "Precision")]
     pub precision: Option<f64>,
+    /// `Recall` (sensitivity): TP / (TP + FN); null when the reference has no lesion pixel.
     #[serde(rename = "Recall")]
     pub recall: Option<f64>,
+    /// `TP`: pixels predicted lesion and lesion in the reference.
     #[serde(rename = "TP")]
     pub tp: u64,
+    /// `FP`: pixels predicted lesion, background in the reference.
     #[serde(rename = "FP")]
     pub fp: u64,
+    /// `FN`: pixels predicted background, lesion in the reference.
     #[serde(rename = "FN")]
     pub fn_: u64,
+    /// `TN`: pixels background in both.
     #[serde(rename = "TN")]
     pub tn: u64,
+    /// Pixels predicted lesion (TP + FP).
     pub n_pred: u64,
+    /// Lesion pixels of the reference (TP + FN).
     pub n_ref: u64,
+    /// `AUPR`: area under the pixel precision-recall curve of the probabilities, as average
+    /// precision sum (R_n - R_{n-1}) P_n ([`PrHistogram::aupr`], the IDRiD challenge's score);
+    /// null when the reference has no lesion pixel.
     #[serde(rename = "AUPR")]
     pub aupr: Option<f64>,
+    /// Pixels scored, those inside the field of view (TP + FP + FN + TN).
     pub fov_pixels: u64,
+    /// Lesion-wise detection: recall, precision and their counts ([`LesionWise`]).
     pub lesion_wise: LesionWise,
 }
 
 /// Lesion-wise detection scores ([`lesions`]) with the counts they come from.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LesionWise {
+    /// `Recall`: reference lesions found / reference lesions ([`LesionCounts::recall`]); null
+    /// when there is no reference lesion.
     #[serde(rename = "Recall")]
     pub recall: Option<f64>,
+    /// `Precision`: predicted components that overlap a reference lesion / predicted components
+    /// ([`LesionCounts::precision`]); null when nothing is predicted.
     #[serde(rename = "Precision")]
     pub precision: Option<f64>,
+    /// The component counts (`n_ref`, `found`, `n_pred`, `n_pred_true`), flattened into this
+    /// object.
     #[serde(flatten)]
     pub counts: LesionCounts,
 }
@@ -279,10 +301,13 @@ pub struct Case {
 /// The files and frame of one scored photograph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseFiles {
+    /// The photograph scored (a test-split source, or a file of the `--images` folder).
     pub image_file: PathBuf,
+    /// Its ground-truth map, binarized at the summary's ground-truth threshold before scoring.
     pub reference_file: PathBuf,
     /// The photograph's own size, pixels.
     pub width: u32,
+    /// The photograph's own height, pixels.
     pub height: u32,
     /// How its field of view was obtained ([`photos::Fov::how`]).
     pub fov: String,
@@ -291,26 +316,36 @@ pub struct CaseFiles {
 /// One image of a summary as written: its name, files and scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseRecord {
+    /// The image's name (its file stem, e.g. `image001`).
     pub image: String,
+    /// Its files, size and field-of-view source ([`CaseFiles`]), flattened into this object.
     #[serde(flatten)]
     pub files: CaseFiles,
+    /// Its scores ([`Metrics`]).
     pub metrics: Metrics,
 }
 
 /// Means over the images where each score is defined (nnU-Net's nanmean); null when none is.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Mean {
+    /// Mean `Dice` over the images where it is defined.
     #[serde(rename = "Dice")]
     pub dice: Option<f64>,
+    /// Mean `IoU` over the images where it is defined.
     #[serde(rename = "IoU")]
     pub iou: Option<f64>,
+    /// Mean `Precision` over the images where it is defined (something predicted).
     #[serde(rename = "Precision")]
     pub precision: Option<f64>,
+    /// Mean `Recall` over the images where it is defined (a reference lesion pixel).
     #[serde(rename = "Recall")]
     pub recall: Option<f64>,
+    /// Mean `AUPR` over the images where it is defined (a reference lesion pixel).
     #[serde(rename = "AUPR")]
     pub aupr: Option<f64>,
+    /// Mean lesion-wise recall over the images where it is defined (a reference lesion).
     pub lesion_recall: Option<f64>,
+    /// Mean lesion-wise precision over the images where it is defined (a predicted component).
     pub lesion_precision: Option<f64>,
     /// Images whose Dice is defined (a reference lesion or a predicted pixel).
     pub cases_with_defined_dice: usize,
@@ -320,8 +355,12 @@ pub struct Mean {
 /// summed over the images) and `metric_per_case`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The per-image scores averaged ([`Mean`]).
     pub mean: Mean,
+    /// The scores of the pixel counts, probability histograms and lesion counts summed over all
+    /// images.
     pub pooled: Metrics,
+    /// One record per image, in the order scored.
     pub metric_per_case: Vec<CaseRecord>,
 }
 

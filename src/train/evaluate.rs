@@ -44,15 +44,23 @@ pub const SCHEMA: &str = "fundus-pipeline/evaluation/v2";
 /// photographs at full resolution ([`PhotoEvaluation`], whose fields sit at the top level).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
+    /// [`SCHEMA`] of the writer (`fundus-pipeline/evaluation/v2`).
     pub schema: String,
     /// The weights file scored.
     pub checkpoint: PathBuf,
+    /// The epoch recorded in that checkpoint's training state.
     pub checkpoint_epoch: usize,
+    /// The network's settings, as stored with the checkpoint.
     pub model: ModelConfig,
     /// BCE + soft Dice over the test pairs at `generate.size` (null when scoring a folder).
     pub loss: Option<f64>,
+    /// The reference's soft Dice coefficient over the test pairs at `generate.size`, 0..1 (null
+    /// when scoring a folder).
     pub dice_coef: Option<f64>,
+    /// States what `loss` and `dice_coef` are, in words.
     pub loss_note: String,
+    /// The full-resolution scores and their choices ([`PhotoEvaluation`]), flattened into the
+    /// top level.
     #[serde(flatten)]
     pub photos: PhotoEvaluation,
 }

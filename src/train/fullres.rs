@@ -86,17 +86,23 @@ impl Inference {
 /// How photographs went through the network (`choices.inference` of evaluation.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferenceChoices {
+    /// How a photograph was brought to the network's input size and its probabilities back to
+    /// its frame, in words (names the input size, e.g. `resized to 512x512`).
     pub resized_to: String,
     /// Flip test-time augmentation.
     pub flips: bool,
+    /// Network inputs per forward pass (`train.batch_size`).
     pub tiles_per_pass: usize,
     /// `whole` or `sliding-window`.
     pub mode: String,
     /// Sliding window: tile side (px), overlap (fraction of the tile) and tile weighting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile: Option<u32>,
+    /// Sliding window only: overlap of neighbouring tiles, fraction of the tile side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap: Option<f64>,
+    /// Sliding window only: how overlapping tiles are weighted, in words (e.g.
+    /// `gaussian, sigma = tile/8 = 64 px`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weighting: Option<String>,
 }
@@ -220,17 +226,23 @@ pub fn evaluate_photos(
 /// flattened into the top level), the choices, and the same at each extra threshold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhotoEvaluation {
+    /// The scores at `evaluate.gt_threshold` ([`ThresholdSummary`]), flattened into the top
+    /// level.
     #[serde(flatten)]
     pub primary: ThresholdSummary,
+    /// Every choice the scores depend on ([`Choices`]).
     pub choices: Choices,
     /// Photographs scored.
     pub images: usize,
+    /// The same scores at each of `evaluate.extra_gt_thresholds`, in config order.
     pub extra_gt_thresholds: Vec<ThresholdSummary>,
 }
 
 /// A [`Summary`] at one ground-truth threshold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdSummary {
+    /// nnU-Net's `mean`, `pooled` and `metric_per_case` at this threshold, flattened into this
+    /// object.
     #[serde(flatten)]
     pub summary: Summary,
     /// Fraction of 252 a ground-truth value must reach to count as lesion.
@@ -244,20 +256,35 @@ pub struct ThresholdSummary {
 pub struct Choices {
     /// Where the photographs came from.
     pub images: String,
+    /// The resolution scored at, in words: always each photograph's own width x height.
     pub resolution: String,
     /// Probability threshold (`infer.threshold`).
     pub threshold: f64,
+    /// The probability-threshold rule, in words (lesion where probability >= `threshold`).
     pub threshold_rule: String,
+    /// The primary ground-truth threshold (`evaluate.gt_threshold`), a fraction of 252.
     pub gt_threshold: f64,
+    /// The ground-truth rule, in words: lesion where the map's value v > 0 and v / 252 >=
+    /// `gt_threshold` (DIARETDB1's ground-truth maps are on a 0..252 scale).
     pub gt_rule: String,
+    /// The lowest ground-truth value (of 252) that counts as lesion at `gt_threshold`
+    /// ([`gt_min_value`]).
     pub gt_min_value: u16,
     /// How the fields of view were obtained (consecutive repeats removed).
     pub fov: Vec<String>,
+    /// The field-of-view setting (`evaluate.fov`: `auto`, `fmask`, `estimate` or `none`).
     pub fov_setting: FovSource,
+    /// How the photographs went through the network ([`InferenceChoices`]).
     pub inference: InferenceChoices,
+    /// How the AUPR is computed, in words: average precision over every distinct probability
+    /// (quantized to 1/65535), no interpolation, pixels inside the field of view.
     pub aupr_rule: String,
+    /// How lesion-wise detection is counted, in words: 8-connected components, found on overlap.
     pub lesion_rule: String,
+    /// How `mean` is taken, in words: over the images where a score is defined (nnU-Net's
+    /// nanmean).
     pub mean_rule: String,
+    /// How `pooled` is taken, in words: the scores of the counts summed over all images.
     pub pooled_rule: String,
 }
 

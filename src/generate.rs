@@ -1112,8 +1112,12 @@ pub(crate) fn commit_external(
         image_ext: set.image_ext.clone(),
         fov_hash: set.fov_hash.clone(),
     };
+    // The run folder's files the merge writes must be its own, as for generate (crate::owned).
+    let mut owned = crate::owned::Owned::open(&run_dir)?;
+    owned.check(&OWN_FILES)?;
     let prior = Prior::read(&run)?;
     prior.check(&run, &key, force)?;
+    owned.claim(&OWN_FILES)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
     let mut notes = Vec::new();

@@ -1,7 +1,8 @@
 //! Training throughput: one optimizer step of `pipeline train` ([`train_step`]: forward with
 //! dropout, BCE + soft Dice loss, backward, Adam with gradient value clipping 0.5) on random
-//! 512x512 inputs, batch 2: what the PyTorch reference `torch_unet_ref.py` times (criterion's
-//! warm-up takes the place of its 3 warm-up steps). Throughput is in images.
+//! 512x512 inputs, batch 2: what the reference project's PyTorch timing script measures
+//! (docs/training.md, "Throughput"; criterion's warm-up takes the place of its 3 warm-up steps).
+//! Throughput is in images.
 //!
 //! Cases: the CPU-sized preset of every architecture on the CPU (`cpu/<arch>_small`); with a
 //! visible CUDA device, also the reference UNet (8 levels, 16 filters) in fp32 and bf16

@@ -1,5 +1,5 @@
-//! `unet`: the reference UNet (docs/training.md#the-model), layer for layer the model of the
-//! PyTorch reference (`torch_unet_ref.py`): same blocks, same kernel sizes, same dropout, same
+//! `unet`: the reference UNet, layer for layer the PyTorch model of the reference project
+//! (docs/training.md, "The model"): same blocks, same kernel sizes, same dropout, same
 //! initialisation bounds, and the same parameter names as its `state_dict` (`down.0.0.weight`,
 //! `up.0.bias`, `dec.3.3.weight`, `head.weight`), so a checkpoint can be read by either side.
 
@@ -13,7 +13,7 @@ use crate::train_config::{Arch, ModelConfig};
 /// The registry entry of `unet`.
 pub const SPEC: ArchSpec = ArchSpec {
     arch: Arch::Unet,
-    paper: "Ronneberger et al. 2015, as the PyTorch reference torch_unet_ref.py builds it",
+    paper: "Ronneberger et al. 2015, as the reference project's PyTorch model builds it",
     build,
     param_count,
     small: ModelConfig::small,
@@ -231,7 +231,8 @@ mod tests {
 
     #[test]
     fn parameter_count_matches_the_reference() {
-        // Counts of torch_unet_ref.py's UNet(levels, f): sum(p.numel() for p in model.parameters()).
+        // The reference PyTorch UNet(levels, f)'s sum(p.numel() for p in model.parameters()), as
+        // docs/training.md ("The model") lists them.
         for (levels, f, n) in [(8, 16, 124_996_849u64), (4, 8, 260_793), (2, 4, 11_029)] {
             let cfg = ModelConfig {
                 levels,

@@ -402,6 +402,46 @@ impl Config {
             }
         }
         no_duplicates("generate.variants.rotate", &v.rotate)?;
+        // Angles equal modulo 360 make the same pairs; a multiple of 360 copies `orig`.
+        for (i, a) in v.rotate.iter().enumerate() {
+            let turn = a.rem_euclid(360.0);
+            if turn == 0.0 {
+                bail!(
+                    "`generate.variants.rotate[{i}]` is {a} degrees, a whole turn: it would copy \
+                     `orig`; remove it"
+                );
+            }
+            if let Some(j) = v.rotate[..i]
+                .iter()
+                .position(|b| b.rem_euclid(360.0) == turn)
+            {
+                bail!(
+                    "`generate.variants.rotate[{i}]` ({a} degrees) is the same rotation as \
+                     `generate.variants.rotate[{j}]` ({} degrees); each angle may appear once",
+                    v.rotate[j]
+                );
+            }
+        }
+        // Values that leave the image unchanged would write copies of `orig` under other names.
+        for (field, list, identity) in [
+            ("shrink", &v.shrink, 1.0),
+            ("shear_x", &v.shear_x, 0.0),
+            ("shear_y", &v.shear_y, 0.0),
+            ("distort", &v.distort, 0.0),
+        ] {
+            if let Some(i) = list.iter().position(|x| *x == identity) {
+                bail!(
+                    "`generate.variants.{field}[{i}]` is {identity}, which leaves the image \
+                     unchanged (a copy of `orig`); remove it"
+                );
+            }
+        }
+        if let Some(i) = v.elastic.iter().position(|e| e.alpha == 0.0) {
+            bail!(
+                "`generate.variants.elastic[{i}].alpha` is 0, which leaves the image unchanged \
+                 (a copy of `orig`); remove it"
+            );
+        }
         no_duplicates("generate.variants.shrink", &v.shrink)?;
         no_duplicates("generate.variants.shear_x", &v.shear_x)?;
         no_duplicates("generate.variants.shear_y", &v.shear_y)?;

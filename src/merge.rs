@@ -172,7 +172,7 @@ pub fn merge(cfg: &Config, opts: &MergeOptions) -> Result<GenerateReport> {
 
     let mut checked = Vec::new();
     for (f, r) in by_index.values().flatten() {
-        checked.push(check_shard(&f.dir, r, &key).with_context(|| {
+        checked.push(check_shard(cfg, &f.dir, r, &key).with_context(|| {
             format!(
                 "cannot merge shard {}-of-{} ({})",
                 r.index,
@@ -331,8 +331,35 @@ fn shard_count(run_dir: &Path, found: &[Found], wanted: Option<u32>) -> Result<u
 
 /// A shard's manifest: complete, unchanged since its record, of this config, covering exactly
 /// the stems the rule gives it.
-fn check_shard(dir: &Path, r: &ShardRecord, key: &str) -> Result<Checked> {
-    let manifest = crate::generate::require_complete(&crate::run_layout::RunLayout::new(dir))?;
+fn check_shard(cfg: &Config, dir: &Path, r: &ShardRecord, key: &str) -> Result<Checked> {
+    let layout = RunLayout::new(dir);
+    for left in [layout.journal(), layout.commit_record(), layout.staging()] {
+        if left.exists() {
+            bail!(
+                "it has not finished: {} is left by a generation that was interrupted; rerun \
+                 `pipeline generate --shard {}/{} --resume`",
+                left.display(),
+                r.index,
+                r.count
+            );
+        }
+    }
+    let manifest = crate::generate::require_complete(&layout)?;
+    // The inputs must still be the ones the shard read (content, not only size).
+    for s in &manifest.sources {
+        for (rel, want) in [(&s.image, &s.image_hash), (&s.truth, &s.truth_hash)] {
+            let path = cfg.data.join(rel);
+            if hash_file(&path).ok().as_ref() != Some(want) {
+                bail!(
+                    "its input {} changed (or is gone) since the shard read it: rerun \
+                     `pipeline generate --shard {}/{}`",
+                    path.display(),
+                    r.index,
+                    r.count
+                );
+            }
+        }
+    }
     let hash = hash_file(&dir.join(FILE_NAME))?;
     if hash != r.manifest_hash {
         bail!(

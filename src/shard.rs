@@ -344,6 +344,10 @@ pub fn generate_shard(
 ) -> Result<GenerateReport> {
     let scfg = shard_config(cfg, shard);
     let dir = scfg.run_dir();
+    // The record is the tool's own file (never a user's), and a rerun removes it before it
+    // changes anything, so a rerun killed part-way leaves a shard that merge calls unfinished.
+    crate::owned::claim(&dir, &[RECORD])?;
+    crate::generate::remove_if_present(&dir.join(RECORD))?;
     let opts = GenerateOptions {
         shard: Some(*shard),
         ..opts.clone()

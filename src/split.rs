@@ -43,11 +43,39 @@ pub struct SplitReport {
 /// The manifest must also be `cfg`'s generation ([`crate::generate::require_generated_by`]).
 pub fn require_complete(cfg: &Config) -> Result<Manifest> {
     let m = crate::generate::require_generated_by(cfg)?;
-    if m.split.is_none() {
+    let Some(info) = &m.split else {
         bail!(
             "{} records no complete split (never made, or interrupted); run `pipeline split` \
              with this config first",
             cfg.layout().manifest().display()
+        );
+    };
+    // The split on disk must be the one this config's `split` section makes.
+    let s = &cfg.split;
+    let differs = if info.mode != s.mode {
+        Some(format!(
+            "`split.mode` is {} in this config but {} in",
+            s.mode, info.mode
+        ))
+    } else if info.ratios != [s.train, s.valid, s.test] {
+        Some(format!(
+            "`split` ratios are {:?} in this config but {:?} in",
+            [s.train, s.valid, s.test],
+            info.ratios
+        ))
+    } else if info.test_originals_only != s.test_originals_only {
+        Some(format!(
+            "`split.test_originals_only` is {} in this config but {} in",
+            s.test_originals_only, info.test_originals_only
+        ))
+    } else {
+        None
+    };
+    if let Some(d) = differs {
+        bail!(
+            "this config does not match the split in {}: {d} manifest.json; rerun `pipeline \
+             split` with this config, or use the config the run was split with",
+            cfg.layout().root().display()
         );
     }
     Ok(m)

@@ -1395,3 +1395,51 @@ fn config_split_train_zero_is_refused() {
         &["`split.train` must be > 0"],
     );
 }
+
+#[test]
+fn config_rotation_equal_modulo_360_is_refused() {
+    config_refused(
+        r#""rotate": [90]"#,
+        r#""rotate": [90, -270]"#,
+        &[
+            "`generate.variants.rotate[1]` (-270 degrees) is the same rotation as",
+            "rotate[0]",
+        ],
+    );
+}
+
+#[test]
+fn config_whole_turn_rotation_is_refused() {
+    config_refused(
+        r#""rotate": [90]"#,
+        r#""rotate": [360]"#,
+        &["`generate.variants.rotate[0]`", "whole turn", "copy"],
+    );
+}
+
+#[test]
+fn config_zero_shear_is_refused() {
+    config_refused(
+        r#""shear_x": []"#,
+        r#""shear_x": [0]"#,
+        &["`generate.variants.shear_x[0]`", "unchanged"],
+    );
+}
+
+#[test]
+fn stats_and_train_refuse_a_config_whose_split_differs() {
+    let c = Case::new(3);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    c.edit_config(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+    );
+    assert_refused(
+        &c.run(&["stats"]),
+        &["does not match the split", "ratios", "pipeline split"],
+    );
+    assert!(!c.run_dir().join("stats.json").exists());
+    c.ok(&["split"]);
+    c.ok(&["stats"]);
+}

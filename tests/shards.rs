@@ -461,3 +461,42 @@ fn infer_shards_write_the_files_of_one_run() {
     assert!(per_shard.iter().all(|&n| n < 7), "{per_shard:?}");
     assert!(tree(&whole) == tree(&sharded), "sharded infer differs");
 }
+
+#[test]
+fn a_users_shard_json_is_not_overwritten() {
+    let c = Case::new();
+    let cfg = c.config("cfg", "out", 3);
+    let dir = c.root.join("out/t/shards/0-of-2");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("shard.json"), b"mine").unwrap();
+    let o = c.run(&["generate", "--config", &cfg, "--shard", "0/2"]);
+    assert_refused(&o, &["shard.json", "not made by pipeline"]);
+    assert_eq!(std::fs::read(dir.join("shard.json")).unwrap(), b"mine");
+}
+
+#[test]
+fn merge_refuses_changed_inputs_and_a_shard_whose_rerun_was_killed() {
+    let c = Case::new();
+    let cfg = c.config("cfg", "out", 3);
+    c.ok(&["generate", "--config", &cfg, "--shard", "0/2"]);
+    c.ok(&["generate", "--config", &cfg, "--shard", "1/2"]);
+    // Every photograph changes content but keeps its size: the shards' sets are stale.
+    for i in 1..=7 {
+        let p = c.data.join(IMAGES).join(format!("image{i:03}.png"));
+        let mut img = image::open(&p).unwrap().to_rgb8();
+        image::imageops::colorops::invert(&mut img);
+        img.save(&p).unwrap();
+    }
+    let o = c.run(&["merge", "--config", &cfg]);
+    assert_refused(&o, &["changed", "since the shard read it", "--shard"]);
+    // A rerun of shard 1 killed once it started: its old record must not be merged.
+    let o = c
+        .cmd(&["generate", "--config", &cfg, "--shard", "1/2"])
+        .env("PIPELINE_ABORT_AT_COMMIT", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = c.run(&["merge", "--config", &cfg]);
+    assert_refused(&o, &["shard 1-of-2 has not finished"]);
+    assert!(!c.root.join("out/t/manifest.json").exists());
+}

@@ -200,9 +200,18 @@ impl Manifest {
     /// Reads a manifest from any path (the commit record of a generation is one too).
     pub fn load_file(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path).with_context(|| {
+            // A run folder with shards but no manifest waits for its merge.
+            let sharded = path
+                .parent()
+                .is_some_and(|run| run.join(RunLayout::SHARDS).is_dir());
             format!(
-                "cannot read {} (run `pipeline generate` first)",
-                path.display()
+                "cannot read {} (run `pipeline {}` first)",
+                path.display(),
+                if sharded {
+                    "merge` to join the shards under shards/, or `pipeline generate"
+                } else {
+                    "generate"
+                }
             )
         })?;
         serde_json::from_str(&text).with_context(|| {

@@ -500,3 +500,12 @@ fn merge_refuses_changed_inputs_and_a_shard_whose_rerun_was_killed() {
     assert_refused(&o, &["shard 1-of-2 has not finished"]);
     assert!(!c.root.join("out/t/manifest.json").exists());
 }
+
+#[test]
+fn split_before_the_merge_says_to_run_merge() {
+    let c = Case::new();
+    let cfg = c.config("cfg", "out", 3);
+    c.ok(&["generate", "--config", &cfg, "--shard", "0/2"]);
+    let o = c.run(&["split", "--config", &cfg]);
+    assert_refused(&o, &["pipeline merge"]);
+}

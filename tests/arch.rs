@@ -1,8 +1,8 @@
 //! The architectures of `model.arch` beside the reference UNet (docs/training.md#the-model), each
-//! tiny (a few thousand to a few hundred thousand parameters) on 64x64 synthetic pictures: a
-//! short CPU run learns the red squares (the loss falls and the Dice on held-out pictures clears
-//! a bar; three are still `#[ignore]`d, see docs/training.md#the-model), and checkpoints refuse
-//! to load into another architecture, naming both. Needs the `train` feature (libtorch).
+//! tiny (10 to 162 thousand parameters) on 64x64 synthetic pictures: a short CPU run learns the
+//! red squares (the loss falls to half and the Dice on held-out pictures, predicted on the batch
+//! norms' running statistics, is above 0.8), and checkpoints refuse to load into another
+//! architecture, naming both. Needs the `train` feature (libtorch).
 #![cfg(feature = "train")]
 
 use std::sync::{Mutex, MutexGuard};
@@ -59,6 +59,9 @@ fn squares(n: usize, seed: u64) -> (Tensor, Tensor) {
     (x, y)
 }
 
+/// The tiny config of each architecture. `attention_unet` has 8 base filters: with 4, its
+/// 4-channel top level moves the logits so slowly under Adam that the loss stays above half its
+/// start after 100 steps (3 of 4 seeds; docs/training.md#the-model).
 fn tiny(arch: Arch) -> ModelConfig {
     let mut c = ModelConfig {
         arch,
@@ -69,7 +72,7 @@ fn tiny(arch: Arch) -> ModelConfig {
         Arch::AttentionUnet => {
             c.attention_unet = AttentionUnetConfig {
                 levels: 3,
-                base_filters: 4,
+                base_filters: 8,
             }
         }
         Arch::Unet3Plus => {
@@ -96,25 +99,33 @@ fn tiny(arch: Arch) -> ModelConfig {
     c
 }
 
-/// Trains `arch` (tiny) for `steps` Adam steps (lr 1e-2, the training step of `pipeline train`:
-/// BCE + soft Dice over every output head, clipping 0.5) on 6 pictures, then predicts 4 other
-/// pictures (batch norm on its running statistics). Asserts the mean loss of the last 5 steps
-/// is below `fall` times that of the first 5, and the Dice of the thresholded (0.5) prediction
-/// on the held-out pictures is above `bar`.
-fn learns(arch: Arch, steps: usize, fall: f64, bar: f64) {
+/// Trains `arch` (tiny) for `steps` Adam steps at learning rate `lr` (the training step of
+/// `pipeline train`: BCE + soft Dice over every output head, clipping 0.5) on 6 pictures, then
+/// predicts 4 other pictures (batch norm on its running statistics, as inference does). Asserts
+/// the mean loss of the last 5 steps is below half that of the first 5, and the Dice of the
+/// thresholded (0.5) prediction on the held-out pictures is above 0.8.
+///
+/// libtorch runs on one thread here: its two OpenMP threads on a busy 2-core machine made a
+/// step up to 15 times slower (30 `multiresunet` steps: 40.7 s on 2 threads, 2.7 s on 1, load
+/// average 3), and the figures then do not depend on the machine's thread count.
+fn learns(arch: Arch, steps: usize, lr: f64) {
     let _torch = torch_lock();
+    tch::set_num_threads(1);
     let (x, y) = squares(6, 1);
     let (xv, yv) = squares(4, 2);
     tch::manual_seed(3);
     let model = Model::build(&tiny(arch), Device::Cpu);
-    let mut opt = Adam::new(&model.vs, 1e-2);
+    let mut opt = Adam::new(&model.vs, lr);
     let losses: Vec<f64> = (0..steps)
         .map(|_| train_step(&model, &mut opt, &x, &y, Kind::Float, 0.5).0)
         .collect();
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     let (first, last) = (mean(&losses[..5]), mean(&losses[steps - 5..]));
-    println!("{arch}: loss {first:.3} -> {last:.3}");
-    assert!(last < fall * first, "{arch}: loss did not fall: {losses:?}");
+    println!("{arch}: loss {first:.3} -> {last:.3} ({steps} steps, lr {lr})");
+    assert!(
+        last < 0.5 * first,
+        "{arch}: loss did not fall to half: {losses:?}"
+    );
     let probs = probs_to_vec(&model.predict(&xv)).unwrap();
     let truth: Vec<u8> = probs_to_vec(&yv)
         .unwrap()
@@ -124,34 +135,37 @@ fn learns(arch: Arch, steps: usize, fall: f64, bar: f64) {
     let c = Confusion::from_probs(&probs, &truth, 0.5);
     let dice = c.dice().unwrap_or(0.0);
     println!("{arch}: held-out Dice {dice:.3}");
-    assert!(dice > bar, "{arch}: held-out Dice {dice} <= {bar}: {c:?}");
+    assert!(dice > 0.8, "{arch}: held-out Dice {dice} <= 0.8: {c:?}");
 }
 
-// Measured 2026-11-29 (load 10-13): the loss fell 0.868 -> 0.746 in 30 steps, short of the 0.5x
-// bar; not yet tuned (steps, lr, bar), so not run by default: `cargo test --test arch -- --ignored`.
+// Steps and learning rates (docs/training.md#the-model): every batch norm's running variance
+// starts at 1 and keeps 0.9^n of it after n steps (PyTorch's momentum 0.1), while the first
+// conv-BN's real batch variance on these low-contrast pictures is 0.0003-0.01: at 30 steps the
+// remnant (0.04) scales that layer's output down several times in evaluation, and the held-out
+// Dice is far below the training one. 80-150 steps make the remnant negligible; each setting passed
+// with libtorch seeds 3-8, not only the seed used here.
 #[test]
-#[ignore = "learns too slowly in 30 steps (loss 0.868 -> 0.746); to be tuned"]
 fn attention_unet_learns_red_squares() {
-    learns(Arch::AttentionUnet, 30, 0.5, 0.8);
+    learns(Arch::AttentionUnet, 100, 1e-2);
 }
 
 #[test]
 fn unet3plus_learns_red_squares() {
-    learns(Arch::Unet3Plus, 30, 0.5, 0.8);
+    learns(Arch::Unet3Plus, 80, 1e-2);
 }
 
-// Measured 2026-11-29: loss 0.727 -> 0.580, held-out Dice 0.171 (bar 0.8): not yet tuned.
+// lr 2e-2: the paper's conv-BN head batch-normalises the logits in training, so their offset and
+// scale are that norm's bias and weight, which Adam moves by about lr per step; at 1e-2 the loss
+// is still 0.56 of its start after 100 steps.
 #[test]
-#[ignore = "held-out Dice 0.171 after 30 steps; to be tuned"]
 fn multiresunet_learns_red_squares() {
-    learns(Arch::MultiResUnet, 30, 0.8, 0.8);
+    learns(Arch::MultiResUnet, 100, 2e-2);
 }
 
-// Measured 2026-11-29: loss 0.768 -> 0.414, held-out Dice 0.142 (bar 0.6): not yet tuned.
+// 150 steps: after 30 its loss still falls by about 0.15 per 10 steps (under-trained).
 #[test]
-#[ignore = "held-out Dice 0.142 after 30 steps; to be tuned"]
 fn deeplabv3plus_learns_red_squares() {
-    learns(Arch::DeepLabV3Plus, 30, 0.8, 0.6);
+    learns(Arch::DeepLabV3Plus, 150, 1e-2);
 }
 
 /// A checkpoint of each new architecture refused by the reference UNet and the other way

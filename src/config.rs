@@ -338,12 +338,15 @@ impl Config {
     pub fn from_json(text: &str) -> Result<Config> {
         // serde also accepts a struct written as an array of its values (`[...]` for `{...}`);
         // a config is objects all the way down, so that form is refused, naming the key.
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
-            let shape = serde_json::to_value(Config::default()).expect("config serializes");
-            objects_where_expected(&value, &shape, "")?;
+        let value = serde_json::from_str::<serde_json::Value>(text).ok();
+        if let Some(value) = &value {
+            let mut shape = serde_json::to_value(Config::default()).expect("config serializes");
+            // `model` serializes only the knobs its `arch` reads; the shape needs them all.
+            shape["model"] = crate::train_config::ModelConfig::all_keys();
+            objects_where_expected(value, &shape, "")?;
         }
         let de = &mut serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if path == "." {
@@ -351,7 +354,12 @@ impl Config {
             } else {
                 anyhow::anyhow!("`{path}`: {inner}")
             }
-        })
+        })?;
+        // A knob of an architecture that is not selected, present even at its defaults.
+        if let Some(model) = value.as_ref().and_then(|v| v.get("model")) {
+            crate::train_config::check_model_keys(model)?;
+        }
+        Ok(config)
     }
 
     /// Checks every value range; the message names the field.

@@ -67,8 +67,11 @@ impl std::fmt::Display for Arch {
 /// The network (`model` section). The defaults are the reference UNet (8 levels, 16 base
 /// filters, ~125M parameters); [`ModelConfig::small`] is a preset that trains on a CPU. The
 /// other architectures read their own sub-section (`model.<arch>`); a sub-section or a UNet knob
-/// set for an architecture that is not selected is a config error, never silently ignored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// set for an architecture that is not selected is a config error, never silently ignored (by
+/// value in [`ModelConfig::validate`], by presence, even empty or at its defaults, in a config
+/// file: [`check_model_keys`]). Serialized with the knobs `arch` reads only, so a written config
+/// reads back.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// Architecture (`unet`, `attention_unet`, `unet3plus`, `multiresunet`, `deeplabv3plus`).
@@ -105,7 +108,87 @@ impl Default for ModelConfig {
     }
 }
 
+impl Serialize for ModelConfig {
+    /// `arch`, the knobs it reads (`levels` and `base_filters` for `unet`, its sub-section
+    /// otherwise) and `in_channels`: what [`check_model_keys`] accepts.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let unet = self.arch == Arch::Unet;
+        let mut st = s.serialize_struct("ModelConfig", if unet { 4 } else { 3 })?;
+        st.serialize_field("arch", &self.arch)?;
+        if unet {
+            st.serialize_field("levels", &self.levels)?;
+            st.serialize_field("base_filters", &self.base_filters)?;
+        }
+        st.serialize_field("in_channels", &self.in_channels)?;
+        let name = self.arch.name();
+        match self.arch {
+            Arch::Unet => {}
+            Arch::AttentionUnet => st.serialize_field(name, &self.attention_unet)?,
+            Arch::Unet3Plus => st.serialize_field(name, &self.unet3plus)?,
+            Arch::MultiResUnet => st.serialize_field(name, &self.multiresunet)?,
+            Arch::DeepLabV3Plus => st.serialize_field(name, &self.deeplabv3plus)?,
+        }
+        st.end()
+    }
+}
+
+/// Refuses, in the raw `model` object of a config file, a knob of an architecture `model.arch`
+/// does not select: the sub-section `model.<arch>` of another architecture, and `model.levels` or
+/// `model.base_filters` with another `arch` than `unet`, even when empty or at their defaults
+/// (the typed config cannot tell those from absent ones). The message names the field. A
+/// `model` that is not an object or an unreadable `arch` is left to the typed parse.
+pub fn check_model_keys(model: &serde_json::Value) -> Result<()> {
+    let Some(obj) = model.as_object() else {
+        return Ok(());
+    };
+    let arch = match obj.get("arch") {
+        None => Arch::Unet,
+        Some(v) => match Arch::deserialize(v) {
+            Ok(a) => a,
+            Err(_) => return Ok(()),
+        },
+    };
+    if arch != Arch::Unet {
+        if let Some(k) = ["levels", "base_filters"]
+            .into_iter()
+            .find(|k| obj.contains_key(*k))
+        {
+            bail!(
+                "`model.{k}` is set but `model.arch` is {arch}: `model.levels` and \
+                 `model.base_filters` are the knobs of `unet`; set `model.{arch}` instead or \
+                 remove `model.{k}`"
+            );
+        }
+    }
+    for other in Arch::ALL {
+        if other != Arch::Unet && other != arch && obj.contains_key(other.name()) {
+            bail!(
+                "`model.{other}` is set but `model.arch` is {arch}; set `\"arch\": \"{other}\"` or \
+                 remove `model.{other}`"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl ModelConfig {
+    /// The shape of a `model` object with every key any architecture reads (each sub-section at
+    /// its defaults), for checks that walk a config file's keys.
+    pub fn all_keys() -> serde_json::Value {
+        let mut all = serde_json::Map::new();
+        for arch in Arch::ALL {
+            let one = Self {
+                arch,
+                ..Self::default()
+            };
+            if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(one) {
+                all.extend(m);
+            }
+        }
+        serde_json::Value::Object(all)
+    }
+
     /// A CPU-sized preset: 4 levels, 8 base filters (260,793 parameters; the reference has 124,996,849).
     pub fn small() -> Self {
         Self {
@@ -593,6 +676,59 @@ mod tests {
         ] {
             let err = check(json).unwrap_err();
             assert!(format!("{err:#}").contains(field), "{json}: {err:#}");
+        }
+    }
+
+    /// A sub-section of an architecture that is not selected, or a `unet` knob with another
+    /// `arch`, is refused in a config file even when empty or at its defaults (the typed
+    /// config cannot tell those from absent); a written config reads back.
+    #[test]
+    fn knobs_of_an_unselected_architecture_are_refused_even_empty_or_default() {
+        use crate::config::Config;
+        for (json, field) in [
+            (
+                r#"{"model": {"attention_unet": {}}}"#,
+                "`model.attention_unet` is set but `model.arch` is unet",
+            ),
+            (
+                r#"{"model": {"arch": "unet", "deeplabv3plus": {"resnet_depth": 101}}}"#,
+                "`model.deeplabv3plus` is set but `model.arch` is unet",
+            ),
+            (
+                r#"{"model": {"arch": "multiresunet", "unet3plus": {}}}"#,
+                "`model.unet3plus` is set but `model.arch` is multiresunet",
+            ),
+            (
+                r#"{"model": {"arch": "unet3plus", "levels": 8}}"#,
+                "`model.levels` is set but `model.arch` is unet3plus",
+            ),
+            (
+                r#"{"model": {"arch": "deeplabv3plus", "base_filters": 16}}"#,
+                "`model.base_filters` is set but `model.arch` is deeplabv3plus",
+            ),
+            // The sub-sections are still objects, not arrays of their values.
+            (
+                r#"{"model": {"arch": "attention_unet", "attention_unet": [5, 64]}}"#,
+                "`model.attention_unet` must be a JSON object",
+            ),
+        ] {
+            let err = Config::from_json(json).unwrap_err();
+            assert!(format!("{err:#}").contains(field), "{json}: {err:#}");
+        }
+        for json in [
+            r#"{"model": {"arch": "attention_unet", "attention_unet": {}}}"#,
+            r#"{"model": {"levels": 8, "base_filters": 16}}"#,
+            r#"{"model": {"arch": "unet"}}"#,
+        ] {
+            Config::from_json(json).unwrap().validate().unwrap();
+        }
+        // What the tool writes (`stats.json`, a test's config file) it reads back, per arch.
+        for arch in Arch::ALL {
+            let mut c = Config::default();
+            c.model.arch = arch;
+            let text = serde_json::to_string(&c).unwrap();
+            let back = Config::from_json(&text).unwrap_or_else(|e| panic!("{text}: {e:#}"));
+            assert_eq!(back, c, "{text}");
         }
     }
 

@@ -92,10 +92,12 @@ impl Default for EvaluateConfig {
 }
 
 /// `train.input_norm`: a fixed per-channel affine map of the network input, x' = (x - mean) / std
-/// on the [0, 1] RGB scale (applied in training, validation, evaluation and inference alike).
+/// on the [0, 1] RGB scale (applied in training, validation, evaluation and inference alike),
+/// optionally after local contrast normalization x - G_sigma * x.
 /// DIARETDB1 photographs are dark and low-contrast: inside the field of view the green channel
-/// has std ~0.06 and blue ~0.02 on [0, 1], and a hemorrhage is a local green dip of ~0.007; the
-/// reference feeds the raw [0, 1] (or 0..255) values.
+/// has std ~0.06 and blue ~0.02 on [0, 1], and a hemorrhage is a local green dip of ~0.007 under
+/// an illumination gradient larger than that; the reference feeds the raw [0, 1] (or 0..255)
+/// values.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InputNorm {
@@ -103,6 +105,13 @@ pub struct InputNorm {
     pub mean: [f64; 3],
     /// Per-channel (R, G, B) divisor, on the [0, 1] scale; finite and > 0.
     pub std: [f64; 3],
+    /// Local contrast normalization first: each channel minus its gaussian blur of this sigma,
+    /// in pixels of the network input (Graham 2015, the Kaggle diabetic-retinopathy winner's
+    /// `4 (x - G_sigma * x)`; removes the illumination gradient). The blur covers the field of
+    /// view only (normalized convolution) and the output is 0 outside it
+    /// (`train::input_norm::local_contrast`). Null = off; finite and in (0, 256].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_contrast_sigma: Option<f64>,
 }
 
 /// Defaults of the new `train` keys, with their source.
@@ -144,6 +153,13 @@ pub fn validate_input_norm(n: &InputNorm) -> Result<()> {
         }
         if !(n.std[c].is_finite() && n.std[c] > 0.0) {
             bail!("`train.input_norm.std[{c}]` must be > 0, got {}", n.std[c]);
+        }
+    }
+    if let Some(s) = n.local_contrast_sigma {
+        if !(s.is_finite() && s > 0.0 && s <= 256.0) {
+            bail!(
+                "`train.input_norm.local_contrast_sigma` must be within (0, 256] pixels, got {s}"
+            );
         }
     }
     Ok(())

@@ -563,6 +563,48 @@ fn infer_defaults_to_the_test_split_sources() {
 }
 
 #[test]
+fn infer_reports_no_lesion_outside_the_fov_when_trained_inside_it() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 1;
+    cfg.train.preview_images = 0;
+    cfg.train.loss_in_fov = true;
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    // A photograph whose left 20 columns are black (outside the field of view); at threshold 0
+    // every pixel is a lesion candidate, so the mask is exactly what is allowed.
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (mut img, _) = picture(60, 40, (30, 10, 8), &mut rng);
+    for y in 0..40 {
+        for x in 0..20 {
+            img.put_pixel(x, y, Rgb([0, 0, 0]));
+        }
+    }
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir_all(&dir).unwrap();
+    img.save(dir.join("p.png")).unwrap();
+    cfg.infer.threshold = 0.0;
+    let mask_of = |cfg: &Config, out: &str| {
+        let w = infer_run(
+            cfg,
+            DeviceChoice::Cpu,
+            Some(&dir),
+            Some(&tmp.path().join(out)),
+        )
+        .unwrap();
+        image::open(&w[0].mask).unwrap().to_luma8()
+    };
+    let m = mask_of(&cfg, "in_fov");
+    for (x, y, v) in m.enumerate_pixels() {
+        assert_eq!(v[0], if x < 20 { 0 } else { 255 }, "({x}, {y})");
+    }
+    // Trained on whole images, the same network may report lesions anywhere.
+    cfg.train.loss_in_fov = false;
+    let m = mask_of(&cfg, "everywhere");
+    assert!(m.pixels().all(|v| v[0] == 255));
+}
+
+#[test]
 fn bad_inputs_give_errors_that_name_the_problem() {
     let _torch = torch_lock();
     let tmp = tempfile::tempdir().unwrap();

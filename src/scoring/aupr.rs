@@ -35,6 +35,16 @@ impl Default for PrHistogram {
     }
 }
 
+/// The best Dice over probability thresholds ([`PrHistogram::max_dice`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MaxDice {
+    /// The Dice at `threshold`, in [0, 1].
+    #[serde(rename = "Dice")]
+    pub dice: f64,
+    /// The probability threshold (lesion where probability >= it, on the 16-bit grid).
+    pub threshold: f64,
+}
+
 /// The 16-bit level of a probability (clamped to [0, 1]; NaN counts as 0).
 pub fn quantize(p: f32) -> usize {
     let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
@@ -89,6 +99,38 @@ impl PrHistogram {
         out
     }
 
+    /// The highest Dice 2TP / (2TP + FP + FN) over every threshold of the curve (predicted
+    /// lesion where q >= level) and the lowest probability level/65535 giving it: the F1 at the
+    /// optimal threshold (Maximum F1; for pooled histograms the "optimal dataset scale" of
+    /// Martin et al. 2004). An oracle for choosing `infer.threshold` on training folds, never a
+    /// test score. None without lesion pixels.
+    pub fn max_dice(&self) -> Option<MaxDice> {
+        let npos = self.positives();
+        if npos == 0 {
+            return None;
+        }
+        let (mut tp, mut fp) = (0u64, 0u64);
+        let mut best = MaxDice {
+            dice: 0.0,
+            threshold: 1.0,
+        };
+        for q in (0..LEVELS).rev() {
+            if self.pos[q] + self.neg[q] == 0 {
+                continue;
+            }
+            tp += self.pos[q];
+            fp += self.neg[q];
+            let dice = 2.0 * tp as f64 / (tp + fp + npos) as f64;
+            if dice > best.dice {
+                best = MaxDice {
+                    dice,
+                    threshold: q as f64 / (LEVELS - 1) as f64,
+                };
+            }
+        }
+        Some(best)
+    }
+
     /// Average precision, sum_n (R_n - R_{n-1}) P_n (module docs); None without lesion pixels.
     pub fn aupr(&self) -> Option<f64> {
         if self.positives() == 0 {
@@ -114,6 +156,38 @@ mod tests {
             h.add_pixel(p, l);
         }
         h
+    }
+
+    #[test]
+    fn max_dice_by_hand() {
+        // 0.9 L, 0.8 B, 0.7 L, 0.6 L, 0.3 B, 0.1 L (4 lesion pixels). Dice per threshold:
+        // 0.9: 2/5; 0.8: 2/6; 0.7: 4/7; 0.6: 6/8; 0.3: 6/9; 0.1: 8/10 -> best 0.8 at 0.1.
+        let h = hist(&[
+            (0.9, true),
+            (0.8, false),
+            (0.7, true),
+            (0.6, true),
+            (0.3, false),
+            (0.1, true),
+        ]);
+        let m = h.max_dice().unwrap();
+        assert!((m.dice - 0.8).abs() < 1e-12, "{m:?}");
+        assert!((m.threshold - 0.1).abs() < 1e-4, "{m:?}");
+        // Without the low lesion pixel (3 lesion pixels): 0.9: 2/4; 0.8: 2/5; 0.7: 4/6;
+        // 0.6: 6/7; 0.3: 6/8 -> best 6/7 at 0.6.
+        let h = hist(&[
+            (0.9, true),
+            (0.8, false),
+            (0.7, true),
+            (0.6, true),
+            (0.3, false),
+        ]);
+        let m = h.max_dice().unwrap();
+        assert!(
+            (m.dice - 6.0 / 7.0).abs() < 1e-12 && (m.threshold - 0.6).abs() < 1e-4,
+            "{m:?}"
+        );
+        assert_eq!(hist(&[(0.5, false)]).max_dice(), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use anyhow::{ensure, Result};
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use serde::{Deserialize, Serialize};
 
-pub use aupr::PrHistogram;
+pub use aupr::{MaxDice, PrHistogram};
 pub use lesions::LesionCounts;
 
 /// A probability map: one `f32` in [0, 1] per pixel, row-major, width x height.
@@ -139,6 +139,7 @@ impl ImageScore {
             n_pred: c.tp + c.fp,
             n_ref: c.tp + c.fn_,
             aupr: self.pr.aupr(),
+            max_dice: self.pr.max_dice(),
             fov_pixels: self.fov_pixels,
             lesion_wise: LesionWise {
                 recall: self.lesions.recall(),
@@ -188,6 +189,11 @@ pub struct Metrics {
     /// null when the reference has no lesion pixel.
     #[serde(rename = "AUPR")]
     pub aupr: Option<f64>,
+    /// `max_Dice`: the best Dice over all probability thresholds and the threshold giving it
+    /// ([`PrHistogram::max_dice`]); an oracle for choosing `infer.threshold` on training or
+    /// cross-validation folds, not a test score. Null when the reference has no lesion pixel.
+    #[serde(rename = "max_Dice")]
+    pub max_dice: Option<aupr::MaxDice>,
     /// Pixels scored, those inside the field of view (TP + FP + FN + TN).
     pub fov_pixels: u64,
     /// Lesion-wise detection: recall, precision and their counts ([`LesionWise`]).
@@ -530,6 +536,7 @@ mod tests {
                 "n_pred",
                 "n_ref",
                 "AUPR",
+                "max_Dice",
                 "fov_pixels",
                 "lesion_wise"
             ]

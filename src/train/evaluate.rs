@@ -117,10 +117,15 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
     };
     write_json(&out.join("evaluation.json"), &summary)?;
     let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    let best = |m: Option<crate::scoring::MaxDice>| {
+        m.map_or("n/a".to_string(), |m| {
+            format!("{:.4} at probability >= {:.3}", m.dice, m.threshold)
+        })
+    };
     let primary = &summary.photos.primary;
     let p = &primary.summary.pooled;
     println!(
-        "evaluate: {} photographs at full resolution, ground truth >= {} (of 252): pooled Dice {} IoU {} AUPR {}, lesion recall {} precision {}; written to {}",
+        "evaluate: {} photographs at full resolution, ground truth >= {} (of 252): pooled Dice {} IoU {} AUPR {}, lesion recall {} precision {}; max Dice {} (oracle); written to {}",
         photos.len(),
         primary.gt_min_value,
         f(p.dice),
@@ -128,16 +133,18 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
         f(p.aupr),
         f(p.lesion_wise.recall),
         f(p.lesion_wise.precision),
+        best(p.max_dice),
         out.display()
     );
     for extra in &summary.photos.extra_gt_thresholds {
         let p = &extra.summary.pooled;
         println!(
-            "evaluate: ground truth >= {}: pooled Dice {} AUPR {}, lesion recall {}",
+            "evaluate: ground truth >= {}: pooled Dice {} AUPR {}, lesion recall {}; max Dice {} (oracle)",
             extra.gt_min_value,
             f(p.dice),
             f(p.aupr),
-            f(p.lesion_wise.recall)
+            f(p.lesion_wise.recall),
+            best(p.max_dice)
         );
     }
     Ok(EvalReport {

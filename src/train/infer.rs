@@ -164,8 +164,19 @@ pub fn infer_run_shard(
         };
         let prob = predict_photo(&net, device, &img, &inference)?;
         let t = cfg.infer.threshold as f32;
+        // A network trained with its loss inside the field of view only (`train.loss_in_fov`)
+        // was never taught what lies outside it: no lesion is reported there.
+        let fov = cfg
+            .train
+            .loss_in_fov
+            .then(|| crate::scoring::fov_from_image(&img, cfg.evaluate.fov_min_level));
         let mask = GrayImage::from_fn(img.width(), img.height(), |x, y| {
-            Luma([if prob.get_pixel(x, y)[0] >= t { 255 } else { 0 }])
+            let inside = fov.as_ref().is_none_or(|f| f.get_pixel(x, y)[0] > 0);
+            Luma([if inside && prob.get_pixel(x, y)[0] >= t {
+                255
+            } else {
+                0
+            }])
         });
         let green = RgbImage::from_fn(mask.width(), mask.height(), |x, y| {
             Rgb([0, mask.get_pixel(x, y)[0], 0])

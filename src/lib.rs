@@ -190,8 +190,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if !a.no_train {
                 // `all --resume` continues training from the last saved epoch too.
                 training::train(&cfg, a.device, a.generate.resume)?;
-                training::evaluate(&cfg, a.device)?;
-                training::infer(&cfg, a.device, None, None, None)?;
+                // With every photograph in training (e.g. an official list without test
+                // images) there is nothing to score or predict unless a folder is configured;
+                // that is not an error.
+                let no_test = m
+                    .split
+                    .as_ref()
+                    .is_some_and(|s| s.sources_of(run_layout::Split::Test).is_empty());
+                let skip = |stage: &str, flag: &str| {
+                    println!(
+                        "{stage}: skipped, the test split is empty (set `{flag}` in the config, or \
+                         run `pipeline {stage} --images DIR ...` on other photographs)"
+                    )
+                };
+                if no_test && cfg.evaluate.images.is_none() {
+                    skip("evaluate", "evaluate.images");
+                } else {
+                    training::evaluate(&cfg, a.device)?;
+                }
+                if no_test && cfg.infer.images.is_none() {
+                    skip("infer", "infer.images");
+                } else {
+                    training::infer(&cfg, a.device, None, None, None)?;
+                }
             }
             println!(
                 "all stages done; everything is under {}",

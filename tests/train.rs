@@ -825,6 +825,42 @@ fn all_with_a_size_the_model_cannot_take_fails_before_generating() {
     assert!(out.join("t/dataset/train").is_dir());
 }
 
+/// An official list without test images (every photograph in training, as when training on
+/// DIARETDB1's training list only): `all` trains and says evaluate and infer were skipped,
+/// instead of failing on the empty test split.
+#[test]
+fn all_with_an_empty_test_list_trains_and_skips_evaluate_and_infer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::tiny_dataset(&data, 4, 60, 40);
+    let lists = data.join("resources");
+    let all: String = (1..=4)
+        .map(|i| format!("images/ddb1_fundusimages/image{i:03}.png\n"))
+        .collect();
+    std::fs::write(lists.join("traindatasets/trainset.txt"), all).unwrap();
+    std::fs::write(lists.join("testdatasets/testset.txt"), "").unwrap();
+    let out = tmp.path().join("out");
+    let json = format!(
+        r#"{{"name": "t", "data": "{}", "out": "{}",
+  "generate": {{"size": 32, "variants": {{"vflip": false, "rotate": [], "shrink": [], "shear_x": [],
+    "shear_y": [], "elastic": [], "distort": [], "lens": {{"barrel": false, "pincushion": false}}}}}},
+  "split": {{"mode": "official", "train": 0.75, "valid": 0.25, "test": 0.0}},
+  "model": {{"levels": 2, "base_filters": 4}},
+  "train": {{"epochs": 1, "batch_size": 2, "preview_images": 0}}}}"#,
+        data.display(),
+        out.display()
+    );
+    let file = common::config(tmp.path(), "cfg", &json);
+    let log = common::pipeline_ok(&["all", "-c", file.to_str().unwrap(), "--device", "cpu"]);
+    assert!(
+        log.contains("evaluate: skipped, the test split is empty")
+            && log.contains("infer: skipped, the test split is empty"),
+        "{log}"
+    );
+    assert!(out.join("t/train/checkpoint.json").is_file());
+    assert!(!out.join("t/eval").exists() && !out.join("t/infer").exists());
+}
+
 /// `-h` of train, evaluate, infer and all: every option has a description.
 #[test]
 fn every_option_of_the_training_commands_has_help() {

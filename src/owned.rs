@@ -79,6 +79,11 @@ impl Owned {
         }
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create output folder {}", self.dir.display()))?;
+        // Processes that write into one folder (e.g. `infer --shard` K of N) each read, extend
+        // and replace the record: hold the folder's lock from reading to replacing, and keep the
+        // names another process recorded since this one read it.
+        let _lock = lock_folder(&self.dir)?;
+        self.names.extend(Owned::open(&self.dir)?.names);
         let mut text = String::new();
         for n in &self.names {
             text.push_str(n);
@@ -89,6 +94,16 @@ impl Owned {
 }
 
 /// Claims `names` in `dir` (see [`Owned::claim`]).
+/// An exclusive advisory lock (`flock`, through `fs4`) on the folder itself, waited for and
+/// released when the returned handle is dropped; it leaves no file behind.
+fn lock_folder(dir: &Path) -> Result<std::fs::File> {
+    let f = std::fs::File::open(dir)
+        .with_context(|| format!("cannot open output folder {}", dir.display()))?;
+    fs4::FileExt::lock(&f)
+        .with_context(|| format!("cannot lock output folder {}", dir.display()))?;
+    Ok(f)
+}
+
 pub fn claim<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<()> {
     Owned::open(dir)?.claim(names)
 }
@@ -115,5 +130,24 @@ mod tests {
         claim(d.path(), &["stats.png", "other.png"]).unwrap();
         let text = std::fs::read_to_string(d.path().join(RECORD)).unwrap();
         assert_eq!(text, "other.png\nstats.png\n");
+    }
+
+    #[test]
+    fn concurrent_claims_keep_every_name() {
+        // Four writers claim their own names in one folder, interleaved (as `infer --shard`
+        // processes do); the record ends with all of them.
+        let d = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for w in 0..4 {
+                let dir = d.path();
+                s.spawn(move || {
+                    for i in 0..25 {
+                        claim(dir, &[format!("w{w}_{i:02}.png")]).unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(d.path().join(RECORD)).unwrap();
+        assert_eq!(text.lines().count(), 100, "{text}");
     }
 }

@@ -113,8 +113,9 @@ pub struct ShardArgs {
     #[arg(long, value_name = "K/N")]
     pub shard: Option<String>,
     /// Shard count N when the index comes from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's
-    /// `completions`); default: the environment variable PIPELINE_SHARD_COUNT.
-    #[arg(long, value_name = "N")]
+    /// `completions`); default: the environment variable PIPELINE_SHARD_COUNT. Not with
+    /// --shard K/N, which names its own count.
+    #[arg(long, value_name = "N", conflicts_with = "shard")]
     pub shard_count: Option<u32>,
     /// Ignore the scheduler's environment and process the whole set.
     #[arg(long, conflicts_with_all = ["shard", "shard_count"])]

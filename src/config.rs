@@ -676,10 +676,12 @@ fn objects_where_expected(
 }
 
 /// Refuses a list whose entries repeat (they would give one variant, silently collapsed).
-fn no_duplicates<T: PartialEq + std::fmt::Debug>(field: &str, list: &[T]) -> Result<()> {
+fn no_duplicates<T: PartialEq + Serialize>(field: &str, list: &[T]) -> Result<()> {
     for (i, x) in list.iter().enumerate() {
         if let Some(j) = list[..i].iter().position(|y| y == x) {
-            bail!("`{field}[{i}]` repeats `{field}[{j}]` ({x:?}); each value may appear once");
+            // The value as the config writes it (JSON), e.g. 90.0 or {"alpha":1300.0,"sigma":40.0}.
+            let v = serde_json::to_string(x).unwrap_or_default();
+            bail!("`{field}[{i}]` repeats `{field}[{j}]` ({v}); each value may appear once");
         }
     }
     Ok(())

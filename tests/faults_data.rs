@@ -1374,7 +1374,10 @@ fn config_duplicate_elastic_entry_is_refused() {
     config_refused(
         r#""elastic": [{"alpha": 40, "sigma": 4}]"#,
         r#""elastic": [{"alpha": 40, "sigma": 4}, {"alpha": 40, "sigma": 4}]"#,
-        &["`generate.variants.elastic[1]` repeats"],
+        &[
+            "`generate.variants.elastic[1]` repeats",
+            r#"({"alpha":40.0,"sigma":4.0})"#,
+        ],
     );
 }
 

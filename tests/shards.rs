@@ -213,6 +213,20 @@ fn shard_index_from_slurm_and_indexed_job_environments() {
         .output()
         .unwrap();
     assert_refused(&o, &["--shard-count", "PIPELINE_SHARD_COUNT"]);
+    // --shard names its own count: a --shard-count beside it is refused, not ignored.
+    let o = c
+        .cmd(&[
+            "generate",
+            "--config",
+            &cfg,
+            "--shard",
+            "1/2",
+            "--shard-count",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert_refused(&o, &["--shard-count", "--shard"]);
     c.ok(&["merge", "--config", &cfg]);
     assert_same(&c.root.join("out/t"), &single, "environment shards");
     // --no-shard ignores the environment: an ordinary run.

@@ -93,7 +93,6 @@ impl Owned {
     }
 }
 
-/// Claims `names` in `dir` (see [`Owned::claim`]).
 /// An exclusive advisory lock (`flock`, through `fs4`) on the folder itself, waited for and
 /// released when the returned handle is dropped; it leaves no file behind.
 fn lock_folder(dir: &Path) -> Result<std::fs::File> {
@@ -104,6 +103,7 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// Claims `names` in `dir` (see [`Owned::claim`]).
 pub fn claim<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<()> {
     Owned::open(dir)?.claim(names)
 }

@@ -218,14 +218,17 @@ mod preset_tests {
     fn the_hemorrhage_presets_load_and_use_the_recipe() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("generator-configs");
         for (file, patch, size) in [
-            ("hemorrhages-cpu.json", 128, 512),
-            ("hemorrhages-gpu.json", 256, 1024),
+            ("hemorrhages-cpu.json", 128, 256),
+            ("hemorrhages-gpu.json", 256, 512),
         ] {
             let cfg = Config::load(&root.join(file)).unwrap();
             assert_eq!(cfg.train.patch_size, Some(patch), "{file}");
             assert_eq!(cfg.generate.size, size, "{file}");
-            assert_eq!(cfg.train.loss, super::LossKind::FocalTversky, "{file}");
-            assert!(cfg.train.input_norm.is_some(), "{file}");
+            assert_eq!(cfg.train.loss, super::LossKind::BceDice, "{file}");
+            assert!(cfg.train.loss_in_fov, "{file}");
+            // Local contrast at the same physical scale: sigma 4 px at 256, 8 px at 512.
+            let sigma = cfg.train.input_norm.and_then(|n| n.local_contrast_sigma);
+            assert_eq!(sigma, Some(f64::from(size) / 64.0), "{file}");
             // The tile must survive the model's halvings.
             assert_eq!(patch % (1 << (cfg.model.levels - 1)), 0, "{file}");
         }
@@ -234,6 +237,14 @@ mod preset_tests {
             .unwrap_err();
         assert!(
             format!("{err:#}").contains("`train.input_norm.std[1]`"),
+            "{err:#}"
+        );
+        let err = check(
+            r#"{"train": {"input_norm": {"mean": [0, 0, 0], "std": [1, 1, 1], "local_contrast_sigma": 0}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`train.input_norm.local_contrast_sigma`"),
             "{err:#}"
         );
         let err = check(r#"{"generate": {"size": 64}, "train": {"patch_size": 128}}"#).unwrap_err();

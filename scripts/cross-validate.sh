@@ -2,32 +2,47 @@
 # Cross-validation by photograph over a DIARETDB1-layout folder (issue 9):
 #   scripts/cross-validate.sh DATA CONFIG OUT [FOLDS] [FOLD...]
 # DATA is a DIARETDB1-layout folder (resources/images/ddb1_fundusimages/*.png and
-# ddb1_groundtruth/<lesion>/*.png), e.g. the 12 official-training photographs. Its photographs,
-# sorted by name, are dealt into FOLDS folds (default 4; photograph i goes to fold i mod FOLDS).
+# ddb1_groundtruth/<lesion>/*.png; PNG only, plus ddb1_fundusmask/fmask.tif when present), e.g.
+# the 12 official-training photographs. Its photographs, sorted by name, are dealt into FOLDS
+# folds (default 4, at least 2; the i-th photograph, counting from 0, goes to fold i mod FOLDS + 1).
 # For each fold k (1-based; all folds, or the FOLD numbers given) it writes OUT/fold<k>/data
 # (copies of the other folds' photographs with their ground truth, all on the official training
 # list) and OUT/fold<k>/held (the fold's photographs), then runs, with CONFIG's settings and
 # `name`/`data`/`out` pointed there:
 #   pipeline generate, split, train            on the other folds' photographs
 #   pipeline evaluate --images held --truth held   on the fold's photographs, full resolution
-# Finally it pools every fold's evaluation.json into OUT/cv-summary.json (also printed): Dice,
+# A fold folder is refused (before anything runs) when it exists and this script did not make
+# it; its own fold folders are replaced whole. Finally it pools the evaluation.json of folds
+# 1..FOLDS made with this FOLDS and this CONFIG (others under OUT are ignored, and folds not run
+# yet are named) into OUT/cv-summary.json (also printed): Dice,
 # IoU, precision and recall of the summed pixel counts over all held-out photographs, lesion
 # recall and precision of the summed lesion counts, and the mean of the folds' pooled AUPR, for
 # the primary ground-truth threshold and each extra one. PIPELINE (default target/release/pipeline)
 # is the binary; extra `pipeline train` arguments go in TRAIN_ARGS (e.g. "--device cpu").
 set -euo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,22p' "$0" >&2
   exit 2
 fi
+die() { echo "error: $*" >&2; exit 1; }
+[ -d "$1" ] || die "$1: no such folder (DATA)"
+[ -f "$2" ] || die "$2: no such file (CONFIG)"
 data=$(realpath "$1")
 config=$(realpath "$2")
 out=$3
 folds=${4:-4}
+[[ "$folds" =~ ^[0-9]+$ ]] && [ "$folds" -ge 2 ] || die "FOLDS must be a whole number >= 2, got '$folds'"
 shift 3
 [ $# -gt 0 ] && shift
 only=("$@")
-bin=$(realpath "${PIPELINE:-target/release/pipeline}")
+for k in "${only[@]}"; do
+  [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -ge 1 ] && [ "$k" -le "$folds" ] || die "fold '$k' is not within 1..$folds"
+done
+pipeline=${PIPELINE:-target/release/pipeline}
+[ -x "$pipeline" ] || die "$pipeline: no such program (build it with cargo build --release, or set PIPELINE)"
+bin=$(realpath "$pipeline")
+jq -e 'type == "object"' "$config" >/dev/null 2>&1 || die "$config is not a JSON object (a pipeline config)"
+stamp="folds=$folds config=$(sha256sum < "$config" | cut -d' ' -f1)"
 lesion=$(jq -r '.lesion // "hemorrhages"' "$config")
 imgs="$data/resources/images/ddb1_fundusimages"
 truth="$data/resources/images/ddb1_groundtruth/$lesion"
@@ -38,17 +53,25 @@ n=${#stems[@]}
 [ "$n" -ge "$folds" ] || { echo "error: $n photographs in $imgs, fewer than $folds folds" >&2; exit 1; }
 mkdir -p "$out"
 out=$(realpath "$out")
+fmask="$data/resources/images/ddb1_fundusmask"
+if [ ${#only[@]} -eq 0 ]; then
+  only=($(seq 1 "$folds"))
+fi
+for k in "${only[@]}"; do
+  f="$out/fold$k"
+  if [ -e "$f" ] && [ ! -e "$f/.cross-validate" ]; then
+    die "$f exists and was not made by this script; not touching it"
+  fi
+done
 
 run_fold() {
   local k=$1 f="$out/fold$1"
   local d="$f/data/resources/images" h="$f/held"
-  if [ -e "$f" ]; then
-    [ -e "$f/.cross-validate" ] || { echo "error: $f exists and was not made by this script; not touching it" >&2; exit 1; }
-    rm -rf "$f"
-  fi
+  [ -e "$f" ] && rm -rf "$f"  # made by this script (checked above)
   mkdir -p "$d/ddb1_fundusimages" "$d/ddb1_groundtruth/$lesion" "$f/data/resources/traindatasets" \
     "$f/data/resources/testdatasets" "$h/images" "$h/truth"
-  : > "$f/.cross-validate"
+  echo "$stamp" > "$f/.cross-validate"
+  [ -d "$fmask" ] && cp -r "$fmask" "$d/"
   : > "$f/data/resources/traindatasets/trainset.txt"
   : > "$f/data/resources/testdatasets/testset.txt"
   for i in "${!stems[@]}"; do
@@ -71,9 +94,6 @@ run_fold() {
   "$bin" evaluate --config "$f/config.json" ${TRAIN_ARGS:-} --images "$h/images" --truth "$h/truth"
 }
 
-if [ ${#only[@]} -eq 0 ]; then
-  only=($(seq 1 "$folds"))
-fi
 for k in "${only[@]}"; do
   start=$SECONDS
   run_fold "$k"
@@ -81,12 +101,25 @@ for k in "${only[@]}"; do
 done
 
 # Pool the folds that have an evaluation.json.
-python3 - "$out" <<'EOF'
-import glob, json, os, sys
-out = sys.argv[1]
-evals = sorted(glob.glob(os.path.join(out, "fold*", "out", "fold*", "eval", "evaluation.json")))
+python3 - "$out" "$folds" "$stamp" <<'EOF'
+import json, os, sys
+out, folds, stamp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+evals, missing = [], []
+for k in range(1, folds + 1):
+    d = os.path.join(out, f"fold{k}")
+    path = os.path.join(d, "out", f"fold{k}", "eval", "evaluation.json")
+    try:
+        same = open(os.path.join(d, ".cross-validate")).read().strip() == stamp
+    except OSError:
+        same = False
+    if same and os.path.isfile(path):
+        evals.append(path)
+    else:
+        missing.append(k)
+if missing:
+    print(f"note: fold(s) {missing} of {folds} have no result made with this config and fold count; pooling the others", file=sys.stderr)
 if not evals:
-    sys.exit("no evaluation.json under " + out)
+    sys.exit("no fold of this config and fold count has an evaluation.json under " + out)
 def sections(e):
     yield e["gt_threshold"], e
     for x in e.get("extra_gt_thresholds", []):
@@ -109,7 +142,7 @@ for path in evals:
             p["aupr"].append(sec["pooled"]["AUPR"])
 def ratio(a, b):
     return None if b == 0 else round(a / b, 4)
-summary = {"folds": evals, "thresholds": []}
+summary = {"folds": evals, "fold_count": folds, "missing_folds": missing, "thresholds": []}
 for t, p in sorted(pooled.items(), reverse=True):
     tp, fp, fn = p["TP"], p["FP"], p["FN"]
     summary["thresholds"].append({

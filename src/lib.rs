@@ -175,6 +175,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = load_generate(&a.generate)?;
             if !a.no_train {
                 check_training(&cfg, &a.generate.common.config)?;
+                // Folders the last stages read are checked before hours of training.
+                for (key, dir) in [
+                    ("evaluate.images", &cfg.evaluate.images),
+                    ("evaluate.truth", &cfg.evaluate.truth),
+                    ("infer.images", &cfg.infer.images),
+                ] {
+                    if let Some(d) = dir.as_ref().filter(|d| !d.is_dir()) {
+                        anyhow::bail!("`{key}` ({}) is not a folder", d.display());
+                    }
+                }
             }
             let _lock = lock_run(&cfg, "all", true)?;
             let code = run_generate(&cfg, &a.generate, None)?;
@@ -197,19 +207,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .split
                     .as_ref()
                     .is_some_and(|s| s.sources_of(run_layout::Split::Test).is_empty());
-                let skip = |stage: &str, flag: &str| {
+                let skip = |stage: &str, keys: &str, args: &str| {
                     println!(
-                        "{stage}: skipped, the test split is empty (set `{flag}` in the config, or \
-                         run `pipeline {stage} --images DIR ...` on other photographs)"
+                        "{stage}: skipped, the test split is empty (set {keys} in the config, or \
+                         run `pipeline {stage} {args}` on other photographs)"
                     )
                 };
                 if no_test && cfg.evaluate.images.is_none() {
-                    skip("evaluate", "evaluate.images");
+                    skip(
+                        "evaluate",
+                        "`evaluate.images` and `evaluate.truth`",
+                        "--images DIR --truth DIR",
+                    );
                 } else {
                     training::evaluate(&cfg, a.device)?;
                 }
                 if no_test && cfg.infer.images.is_none() {
-                    skip("infer", "infer.images");
+                    skip("infer", "`infer.images`", "--images DIR");
                 } else {
                     training::infer(&cfg, a.device, None, None, None)?;
                 }

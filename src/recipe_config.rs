@@ -109,7 +109,7 @@ pub struct InputNorm {
     /// in pixels of the network input (Graham 2015, the Kaggle diabetic-retinopathy winner's
     /// `4 (x - G_sigma * x)`; removes the illumination gradient). The blur covers the field of
     /// view only (normalized convolution) and the output is 0 outside it
-    /// (`train::input_norm::local_contrast`). Null = off; finite and in (0, 256].
+    /// (`train::input_norm::local_contrast`). Null = off; within 0.5..=256 (below half a pixel the blur is the pixel and nothing is left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_contrast_sigma: Option<f64>,
 }
@@ -156,9 +156,10 @@ pub fn validate_input_norm(n: &InputNorm) -> Result<()> {
         }
     }
     if let Some(s) = n.local_contrast_sigma {
-        if !(s.is_finite() && s > 0.0 && s <= 256.0) {
+        // Below half a pixel the blur is the pixel itself and the input would be all zeros.
+        if !(s.is_finite() && (0.5..=256.0).contains(&s)) {
             bail!(
-                "`train.input_norm.local_contrast_sigma` must be within (0, 256] pixels, got {s}"
+                "`train.input_norm.local_contrast_sigma` must be within 0.5..=256 pixels, got {s}"
             );
         }
     }
@@ -240,7 +241,7 @@ mod preset_tests {
             "{err:#}"
         );
         let err = check(
-            r#"{"train": {"input_norm": {"mean": [0, 0, 0], "std": [1, 1, 1], "local_contrast_sigma": 0}}}"#,
+            r#"{"train": {"input_norm": {"mean": [0, 0, 0], "std": [1, 1, 1], "local_contrast_sigma": 0.1}}}"#,
         )
         .unwrap_err();
         assert!(

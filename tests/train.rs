@@ -605,6 +605,55 @@ fn infer_reports_no_lesion_outside_the_fov_when_trained_inside_it() {
 }
 
 #[test]
+fn evaluate_and_infer_refuse_other_input_settings_than_training() {
+    let _torch = torch_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = setup(tmp.path());
+    cfg.train.epochs = 1;
+    cfg.train.preview_images = 0;
+    cfg.train.input_norm = Some(fundus_pipeline::recipe_config::InputNorm {
+        mean: [0.0; 3],
+        std: [0.1; 3],
+        local_contrast_sigma: Some(2.0),
+    });
+    train_run(&cfg, DeviceChoice::Cpu, false).unwrap();
+    let dir = tmp.path().join("photos");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    picture(40, 40, (10, 10, 8), &mut rng)
+        .0
+        .save(dir.join("p.png"))
+        .unwrap();
+    // Same settings: fine.
+    infer_run(&cfg, DeviceChoice::Cpu, Some(&dir), None).unwrap();
+    // Another input transform, or another FOV rule: refused, naming both.
+    let mut other = cfg.clone();
+    other.train.input_norm = None;
+    let err = format!(
+        "{:#}",
+        infer_run(&other, DeviceChoice::Cpu, Some(&dir), None).unwrap_err()
+    );
+    assert!(
+        err.contains("was trained with train {input_norm {")
+            && err.contains("\"local_contrast_sigma\":2.0")
+            && err.contains("but the config says train {input_norm null, loss_in_fov false}"),
+        "{err}"
+    );
+    let mut other = cfg.clone();
+    other.train.loss_in_fov = true;
+    let err = format!("{:#}", evaluate_run(&other, DeviceChoice::Cpu).unwrap_err());
+    assert!(err.contains("loss_in_fov true"), "{err}");
+    let err = format!(
+        "{:#}",
+        train_run(&other, DeviceChoice::Cpu, true).unwrap_err()
+    );
+    assert!(
+        err.contains("--resume") && err.contains("loss_in_fov"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_inputs_give_errors_that_name_the_problem() {
     let _torch = torch_lock();
     let tmp = tempfile::tempdir().unwrap();

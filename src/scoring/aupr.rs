@@ -100,7 +100,8 @@ impl PrHistogram {
     }
 
     /// The highest Dice 2TP / (2TP + FP + FN) over every threshold of the curve (predicted
-    /// lesion where q >= level) and the lowest probability level/65535 giving it: the F1 at the
+    /// lesion where q >= level) and the threshold giving it, (level - 1/2)/65535, the lowest
+    /// probability that quantizes to the level (so `p >= threshold` reproduces the Dice): the F1 at the
     /// optimal threshold (Maximum F1; for pooled histograms the "optimal dataset scale" of
     /// Martin et al. 2004). An oracle for choosing `infer.threshold` on training folds, never a
     /// test score. None without lesion pixels.
@@ -122,9 +123,11 @@ impl PrHistogram {
             fp += self.neg[q];
             let dice = 2.0 * tp as f64 / (tp + fp + npos) as f64;
             if dice > best.dice {
+                // Level q holds the probabilities that round to q: p >= (q - 1/2) / 65535, so
+                // thresholding the map there reproduces this Dice.
                 best = MaxDice {
                     dice,
-                    threshold: q as f64 / (LEVELS - 1) as f64,
+                    threshold: ((q as f64 - 0.5) / (LEVELS - 1) as f64).max(0.0),
                 };
             }
         }

@@ -78,6 +78,62 @@ pub struct TrainState {
     /// blake3 over the train and valid pairs the run trains on (names and bytes,
     /// [`super::data::split_hash`]); `--resume` refuses when they changed.
     pub data_hash: String,
+
+    /// How the network saw its input ([`InputSettings`]); evaluate, infer and `--resume` refuse
+    /// a config that says otherwise ([`check_input`]). Absent (not checked) in checkpoints
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSettings>,
+}
+
+/// The training settings that change what the network's output means, recorded with the weights:
+/// the input transform (`train.input_norm`, with its local contrast sigma) and whether the loss
+/// covered only the field of view (`train.loss_in_fov`: `infer` then reports nothing outside it).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputSettings {
+    /// `train.input_norm` (null: the raw [0, 1] input).
+    pub input_norm: Option<crate::recipe_config::InputNorm>,
+    /// `train.loss_in_fov`.
+    pub loss_in_fov: bool,
+}
+
+impl InputSettings {
+    /// The settings of a `train` section.
+    pub fn of(t: &TrainConfig) -> Self {
+        Self {
+            input_norm: t.input_norm,
+            loss_in_fov: t.loss_in_fov,
+        }
+    }
+}
+
+/// Errors when the checkpoint at `folder` was trained with other input settings than `t` says:
+/// the same weights under another input transform score and predict something else, silently.
+/// Both settings are named. A checkpoint without the record passes.
+pub fn check_input(state: &TrainState, t: &TrainConfig, folder: &Path) -> Result<()> {
+    let Some(rec) = state.input else {
+        return Ok(());
+    };
+    let now = InputSettings::of(t);
+    if rec != now {
+        let show = |s: &InputSettings| {
+            format!(
+                "input_norm {}, loss_in_fov {}",
+                serde_json::to_string(&s.input_norm).unwrap_or_default(),
+                s.loss_in_fov
+            )
+        };
+        bail!(
+            "checkpoint {} was trained with train {{{}}}, but the config says train {{{}}}: \
+             use the config it was trained with (its values are in {})",
+            folder.display(),
+            show(&rec),
+            show(&now),
+            folder.join(STATE).display()
+        );
+    }
+    Ok(())
 }
 
 impl TrainState {
@@ -97,6 +153,7 @@ impl TrainState {
             stopped_early: false,
             history: Vec::new(),
             data_hash: String::new(),
+            input: None,
         }
     }
 

@@ -181,6 +181,7 @@ impl<'a> Session<'a> {
                         st.size
                     );
                 }
+                checkpoint::check_input(&st, t, &folder).context("--resume")?;
                 if st.data_hash != data_hash {
                     bail!(
                         "--resume: the training data changed since epoch {} was saved: the pairs of \
@@ -213,6 +214,7 @@ impl<'a> Session<'a> {
                 remove_previous_run(&out)?;
                 let mut st = TrainState::fresh(&cfg.model, size, t.learning_rate);
                 st.data_hash = data_hash;
+                st.input = Some(checkpoint::InputSettings::of(t));
                 st
             }
         };

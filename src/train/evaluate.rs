@@ -75,13 +75,7 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
     cfg.model.check_size(size)?;
     let run = cfg.layout();
     let ckpt_dir = run.train_dir();
-    let (model, state) = Model::load(&cfg.model, size, &ckpt_dir, "best", device)?;
-    super::checkpoint::check_input(
-        &state,
-        &cfg.train,
-        &super::checkpoint::resolve(&ckpt_dir, "best")?,
-    )?;
-    let model = model.with_input_norm(cfg.train.input_norm);
+    let (model, state) = Model::load_best(cfg, device)?;
     let (photos, source) = match (&cfg.evaluate.images, &cfg.evaluate.truth) {
         (Some(i), Some(t)) => (
             folder_photos(i, t)?,

@@ -126,14 +126,7 @@ pub fn infer_run_shard(
     let device = device::select_for("infer", choice)?;
     let size = cfg.generate.size;
     cfg.model.check_size(size)?;
-    let dir = cfg.layout().train_dir();
-    let (model, state) = Model::load(&cfg.model, size, &dir, "best", device)?;
-    super::checkpoint::check_input(
-        &state,
-        &cfg.train,
-        &super::checkpoint::resolve(&dir, "best")?,
-    )?;
-    let model = model.with_input_norm(cfg.train.input_norm);
+    let (model, _) = Model::load_best(cfg, device)?;
     let inference = Inference::from_config(cfg);
     println!("infer: {}", serde_json::to_string(&inference.choices())?);
     let net = |x: &tch::Tensor| model.predict(x);

@@ -95,6 +95,17 @@ impl Model {
         Ok((model, state))
     }
 
+    /// The run's best checkpoint as evaluate and infer predict with: loaded for `cfg.model` at
+    /// `generate.size` ([`Model::load`]), its recorded input settings checked against
+    /// `cfg.train` ([`checkpoint::check_input`]), and `train.input_norm` applied. Errors name
+    /// the checkpoint and both sides of a mismatch.
+    pub fn load_best(cfg: &crate::config::Config, device: Device) -> Result<(Self, TrainState)> {
+        let dir = cfg.layout().train_dir();
+        let (model, state) = Self::load(&cfg.model, cfg.generate.size, &dir, "best", device)?;
+        checkpoint::check_input(&state, &cfg.train, &checkpoint::resolve(&dir, "best")?)?;
+        Ok((model.with_input_norm(cfg.train.input_norm), state))
+    }
+
     /// Logits [N, 1, H, W] fp32; see [`SegNet::forward_kind`].
     pub fn forward(&self, x: &Tensor, train: bool, kind: Kind) -> Tensor {
         self.net

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; CI runs exactly this via .ci/run).
-# Installs libtorch when missing, then: format check, clippy with warnings denied, the build
-# without the training feature, and the whole test suite.
+# Installs libtorch when missing, then, for the whole workspace (the generator package, which
+# links no libtorch, and `train/`, the libtorch stages): format check, clippy with warnings
+# denied, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-libtorch.sh
-cargo fmt --check
-cargo clippy --all-targets -- -D warnings
-cargo check --no-default-features --lib --bins
-cargo test
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace

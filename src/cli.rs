@@ -43,6 +43,41 @@ pub enum Command {
     All(AllArgs),
 }
 
+impl Command {
+    /// Whether the command runs a libtorch stage (train, evaluate, infer; `all` unless
+    /// `--no-train`): `pipeline` hands those to `pipeline-torch` (see `torch_binary`).
+    pub fn needs_libtorch(&self) -> bool {
+        match self {
+            Command::Train(_) | Command::Evaluate(_) | Command::Infer(_) => true,
+            Command::All(a) => !a.no_train,
+            Command::Synth(_)
+            | Command::Generate(_)
+            | Command::Merge(_)
+            | Command::Split(_)
+            | Command::Stats(_)
+            | Command::Preview(_)
+            | Command::Verify(_) => false,
+        }
+    }
+
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Synth(_) => "synth",
+            Command::Generate(_) => "generate",
+            Command::Merge(_) => "merge",
+            Command::Split(_) => "split",
+            Command::Stats(_) => "stats",
+            Command::Preview(_) => "preview",
+            Command::Verify(_) => "verify",
+            Command::Train(_) => "train",
+            Command::Evaluate(_) => "evaluate",
+            Command::Infer(_) => "infer",
+            Command::All(_) => "all",
+        }
+    }
+}
+
 /// The config file and the overrides every stage accepts.
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArgs {

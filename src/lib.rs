@@ -1,5 +1,7 @@
 //! fundus-pipeline: DIARETDB1 -> reproducible, leak-free, augmented 512x512 segmentation dataset
-//! -> statistics -> UNet training, evaluation and inference (libtorch, feature `train`).
+//! -> statistics; and the command line of every stage. The libtorch stages (training,
+//! evaluation, inference) live in the `fundus-train` package (`train/`), which this crate does
+//! not depend on: `pipeline` never loads libtorch (see [`torch_binary`]).
 //!
 //! Data flows one way: config -> sources -> prepared pairs -> variants -> files + manifest ->
 //! split -> stats -> train -> evaluate -> infer. `run` is the whole command line as a library call.
@@ -11,6 +13,7 @@ pub mod augment;
 pub mod cli;
 pub mod config;
 pub mod dataset;
+pub mod entry;
 pub mod font;
 pub mod generate;
 pub mod input;
@@ -31,8 +34,7 @@ pub mod shard;
 pub mod sliding;
 pub mod split;
 pub mod stats;
-#[cfg(feature = "train")]
-pub mod train;
+pub mod torch_binary;
 pub mod train_config;
 
 use std::process::ExitCode;
@@ -42,9 +44,63 @@ use anyhow::{Context, Result};
 use cli::{Cli, Command, ConfigArgs};
 use config::Config;
 
-/// Runs one command line. `Ok` carries the exit code (non-zero when some inputs failed but the
-/// rest were processed); `Err` is a fatal error, printed with its context chain by `main`.
-pub fn run(cli: Cli) -> Result<ExitCode> {
+/// The libtorch stages that [`run`] calls: `train`, `evaluate` and `infer`. The `pipeline-torch`
+/// executable (package `fundus-train`, in `train/`) passes its `Libtorch`; `pipeline` passes [`NoLibtorch`] and hands those commands
+/// to `pipeline-torch` before [`run`] (see [`torch_binary`]), so its process never loads libtorch.
+pub trait Training {
+    /// Trains the network of `cfg.model` on `<run>/dataset/{train,valid}`; writes `<run>/train/`.
+    fn train(&self, cfg: &Config, device: cli::DeviceChoice, resume: bool) -> Result<()>;
+    /// Evaluates the best checkpoint; writes `<run>/eval/`.
+    fn evaluate(&self, cfg: &Config, device: cli::DeviceChoice) -> Result<()>;
+    /// Predicts masks for full-size fundus images (only `shard`'s, when given); writes
+    /// `infer_dir` (default `<run>/infer/`).
+    fn infer(
+        &self,
+        cfg: &Config,
+        device: cli::DeviceChoice,
+        images: Option<&std::path::Path>,
+        infer_dir: Option<&std::path::Path>,
+        shard: Option<&shard::Shard>,
+    ) -> Result<()>;
+}
+
+/// [`Training`] of a process without libtorch: every stage is an error that says where the
+/// stages are.
+pub struct NoLibtorch;
+
+impl NoLibtorch {
+    fn refuse(stage: &str) -> Result<()> {
+        anyhow::bail!(
+            "`{stage}` needs libtorch, which this process does not load: run it through \
+             `pipeline` (which hands it to `{}`, built by `cargo build` in the workspace)",
+            torch_binary::BINARY
+        )
+    }
+}
+
+impl Training for NoLibtorch {
+    fn train(&self, _: &Config, _: cli::DeviceChoice, _: bool) -> Result<()> {
+        Self::refuse("train")
+    }
+    fn evaluate(&self, _: &Config, _: cli::DeviceChoice) -> Result<()> {
+        Self::refuse("evaluate")
+    }
+    fn infer(
+        &self,
+        _: &Config,
+        _: cli::DeviceChoice,
+        _: Option<&std::path::Path>,
+        _: Option<&std::path::Path>,
+        _: Option<&shard::Shard>,
+    ) -> Result<()> {
+        Self::refuse("infer")
+    }
+}
+
+/// Runs one command line; the libtorch stages through `training`. `Ok` carries the exit code
+/// (non-zero when some inputs failed but the rest were processed); `Err` is a fatal error,
+/// printed with its context chain by `main`.
+pub fn run(cli: Cli, training: &dyn Training) -> Result<ExitCode> {
     match cli.command {
         Command::Synth(a) => {
             let opts = dataset::synth::SynthOptions {
@@ -104,7 +160,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = load_for_training(&a.dev.common)?;
             let _lock = lock_run(&cfg, "train", false)?;
             split::require_complete(&cfg)?;
-            training::train(&cfg, a.dev.device, a.resume)?;
+            training.train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
             let mut cfg = load_for_training(&a.dev.common)?;
@@ -116,7 +172,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 split::require_complete(&cfg)?;
             }
-            training::evaluate(&cfg, a.dev.device)?;
+            training.evaluate(&cfg, a.dev.device)?;
         }
         Command::Infer(a) => {
             let cfg = load_for_training(&a.dev.common)?;
@@ -149,7 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 inputs.push(("image folder (--images, or config `infer.images`)", images));
             }
             run_dir::check_apart(&out, "infer output folder (--infer-dir)", &inputs)?;
-            training::infer(
+            training.infer(
                 &cfg,
                 a.dev.device,
                 a.images.as_deref(),
@@ -199,7 +255,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             sheets.push(sheet);
             if !a.no_train {
                 // `all --resume` continues training from the last saved epoch too.
-                training::train(&cfg, a.device, a.generate.resume)?;
+                training.train(&cfg, a.device, a.generate.resume)?;
                 // With every photograph in training (e.g. an official list without test
                 // images) there is nothing to score or predict unless a folder is configured;
                 // that is not an error.
@@ -220,12 +276,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                         "--images DIR --truth DIR",
                     );
                 } else {
-                    training::evaluate(&cfg, a.device)?;
+                    training.evaluate(&cfg, a.device)?;
                 }
                 if no_test && cfg.infer.images.is_none() {
                     skip("infer", "`infer.images`", "--images DIR");
                 } else {
-                    training::infer(&cfg, a.device, None, None, None)?;
+                    training.infer(&cfg, a.device, None, None, None)?;
                 }
             }
             println!(
@@ -435,36 +491,4 @@ fn check_training(cfg: &Config, file: &std::path::Path) -> Result<()> {
     cfg.model
         .check_size(cfg.generate.size)
         .with_context(|| format!("invalid config file {}", file.display()))
-}
-
-/// The training stages, or a clear error when built without libtorch.
-mod training {
-    #[cfg(feature = "train")]
-    pub use crate::train::{evaluate, infer, train};
-
-    #[cfg(not(feature = "train"))]
-    mod off {
-        use crate::cli::DeviceChoice;
-        use crate::config::Config;
-        use std::path::Path;
-        const MSG: &str = "this build has no training stage: rebuild with `--features train` \
-                           (needs libtorch, see scripts/setup-libtorch.sh)";
-        pub fn train(_: &Config, _: DeviceChoice, _: bool) -> anyhow::Result<()> {
-            anyhow::bail!(MSG)
-        }
-        pub fn evaluate(_: &Config, _: DeviceChoice) -> anyhow::Result<()> {
-            anyhow::bail!(MSG)
-        }
-        pub fn infer(
-            _: &Config,
-            _: DeviceChoice,
-            _: Option<&Path>,
-            _: Option<&Path>,
-            _: Option<&crate::shard::Shard>,
-        ) -> anyhow::Result<()> {
-            anyhow::bail!(MSG)
-        }
-    }
-    #[cfg(not(feature = "train"))]
-    pub use off::{evaluate, infer, train};
 }

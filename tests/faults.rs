@@ -328,7 +328,6 @@ fn output_folder_not_writable() {
 }
 
 /// generate + split + a one-epoch tiny training run.
-#[cfg(feature = "train")]
 fn trained(c: &Case) {
     for cmd in ["generate", "split"] {
         pipeline_ok(&[cmd, "--config", c.cfg()]);
@@ -336,7 +335,6 @@ fn trained(c: &Case) {
     pipeline_ok(&["train", "--config", c.cfg(), "--device", "cpu"]);
 }
 
-#[cfg(feature = "train")]
 #[test]
 fn checkpoint_that_is_corrupt() {
     let c = Case::new(4);
@@ -347,7 +345,6 @@ fn checkpoint_that_is_corrupt() {
     assert_fails(&out, &["epochs/0001/weights.safetensors"], &c.out());
 }
 
-#[cfg(feature = "train")]
 #[test]
 fn checkpoint_from_another_model_shape() {
     let c = Case::new(4);
@@ -357,7 +354,6 @@ fn checkpoint_from_another_model_shape() {
     assert_fails(&out, &["base_filters=4", "base_filters=8"], &c.out());
 }
 
-#[cfg(feature = "train")]
 #[test]
 fn infer_on_grayscale_and_rgba_images_converts_them() {
     let c = Case::new(4);

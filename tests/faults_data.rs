@@ -643,7 +643,6 @@ fn stats_killed_at_every_commit_point_reruns_to_the_same_bytes() {
 
 // ---------------------------------------------------------- 4. one reader contract
 
-#[cfg(feature = "train")]
 #[test]
 fn upper_case_png_extensions_work_in_every_stage() {
     let c = Case::new(4);
@@ -710,7 +709,6 @@ fn two_images_with_one_name_are_refused_by_name() {
     assert_refused(&o, &["image002", "share the name", "image002.jpg"]);
 }
 
-#[cfg(feature = "train")]
 #[test]
 fn infer_reports_a_bad_input_and_does_the_others() {
     let c = Case::new(4);

@@ -1,6 +1,6 @@
 //! Scoring segmentations the way the field does, at the photograph's own resolution and inside
 //! its field of view (FOV). No libtorch: a probability map is plain `f32` pixels, so this module is
-//! built and tested without the `train` feature.
+//! built and tested without libtorch (in the generator package, not `fundus-train`).
 //!
 //! - pixel scores at a probability threshold: Dice, IoU, precision, recall ([`Confusion`]);
 //! - pixel AUPR of the probability map ([`aupr`], the IDRiD challenge's score);

@@ -69,9 +69,28 @@ pub fn config(dir: &Path, name: &str, json: &str) -> PathBuf {
     p
 }
 
+/// The `pipeline` executable: this package's, or, in the tests of `fundus-train` (`train/`), the
+/// workspace's `pipeline` beside `pipeline-torch` (both are built by `cargo test` in the project
+/// root).
+pub fn pipeline_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_pipeline") {
+        return PathBuf::from(p);
+    }
+    let Some(torch) = option_env!("CARGO_BIN_EXE_pipeline-torch") else {
+        panic!("neither `pipeline` nor `pipeline-torch` is a binary of this package");
+    };
+    let p = Path::new(torch).with_file_name("pipeline");
+    assert!(
+        p.is_file(),
+        "no {}: run the workspace's tests (`cargo test` in the project root), which build it",
+        p.display()
+    );
+    p
+}
+
 /// Runs the binary with `args`.
 pub fn pipeline(args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    let mut c = Command::new(pipeline_bin());
     // `generate` and `infer` take a shard index from a scheduler's environment: not in tests.
     for v in [
         "SLURM_ARRAY_TASK_ID",

@@ -4,7 +4,7 @@
 //! JPEG encoders. Throughput is in pixels of the output (of the source for decode and prepare).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fundus_pipeline::augment::{plan, Pair, Variant};
+use fundus_pipeline::augment::{plan, Packed, Pair, Variant};
 use fundus_pipeline::config::{LensConfig, VariantsConfig};
 use fundus_pipeline::io::{decode_image, encode_jpeg_rgb, encode_png_gray, encode_png_rgb};
 use fundus_pipeline::prep::prepare;
@@ -53,14 +53,17 @@ fn variants(c: &mut Criterion) {
         });
     }
     g.finish();
+    // Applying: to the source packed once, as `generate` does for all the variants of a source.
+    let packed = Packed::new(&pair);
     let mut g = c.benchmark_group("map_apply_512");
     g.throughput(Throughput::Elements(512 * 512));
     for v in &picked {
         let op = v.operation(512, 512, 42, "image001");
         g.bench_with_input(BenchmarkId::from_parameter(v.name()), v, |b, _| {
-            b.iter(|| op.apply(&pair).into_owned())
+            b.iter(|| op.apply_packed(&packed).into_owned())
         });
     }
+    g.bench_function("pack_source", |b| b.iter(|| Packed::new(&pair)));
     g.finish();
 
     let mut g = c.benchmark_group("prepare");

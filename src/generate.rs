@@ -33,11 +33,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::augment::{plan, Operation, Pair, Variant};
+use crate::augment::{plan, Operation, Packed, Variant};
 use crate::config::{Config, ImageFormat};
 use crate::dataset::layout::{scan, Problem, Source};
 use crate::io::{
-    commit_point, encode_jpeg_rgb, encode_png_gray, encode_png_rgb, hash_file, hash_hex,
+    commit_point, encode_jpeg_rgb, encode_png_gray_with, encode_png_rgb_with, hash_file, hash_hex,
     write_atomic, write_json,
 };
 use crate::manifest::{rel_path, Generation, Manifest, PairRecord, SourceRecord, SCHEMA};
@@ -317,21 +317,34 @@ fn first_difference(
     path: &str,
 ) -> Option<String> {
     use serde_json::Value;
+    let key_path = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
     match (recorded, now) {
-        (Value::Object(r), Value::Object(n)) => n.iter().find_map(|(k, v)| {
-            let p = if path.is_empty() {
-                k.clone()
-            } else {
-                format!("{path}.{k}")
-            };
-            match r.get(k) {
-                Some(rv) => first_difference(rv, v, &p),
+        (Value::Object(r), Value::Object(n)) => n
+            .iter()
+            .find_map(|(k, v)| match r.get(k) {
+                Some(rv) => first_difference(rv, v, &key_path(k)),
                 None => Some(format!(
-                    "`{p}` is {v} in this config but not recorded in {}",
+                    "`{}` is {v} in this config but not recorded in {}",
+                    key_path(k),
                     RunLayout::MANIFEST
                 )),
-            }
-        }),
+            })
+            .or_else(|| {
+                // A setting left at its default is not written (e.g. `generate.png_filter`).
+                r.iter().find(|(k, _)| !n.contains_key(*k)).map(|(k, rv)| {
+                    format!(
+                        "`{}` is {rv} in {} but left at its default in this config",
+                        key_path(k),
+                        RunLayout::MANIFEST
+                    )
+                })
+            }),
         (r, n) if r != n => Some(format!(
             "`{path}` is {n} in this config but {r} in {} (the master set was generated with it)",
             RunLayout::MANIFEST
@@ -684,6 +697,7 @@ impl Ctx<'_> {
         let square = prepare(&image, &mask, self.cfg.generate.size)
             .with_context(|| format!("cannot prepare {}", src.image.display()))?;
         drop((image, truth, mask));
+        let packed = Packed::new(&square);
 
         // Recorded before any file of the source is written (see the module docs).
         self.journal.begin(&Begin {
@@ -695,7 +709,7 @@ impl Ctx<'_> {
         let written: Vec<PairRecord> = todo
             .par_iter()
             .map(|v| {
-                let r = self.write_variant(&square, &src.stem, v)?;
+                let r = self.write_variant(&packed, &src.stem, v)?;
                 self.journal.append(&r)?;
                 self.bar.inc(1);
                 Ok(r)
@@ -705,24 +719,24 @@ impl Ctx<'_> {
         Ok((record, pairs, messages))
     }
 
-    fn write_variant(&self, square: &Pair, stem: &str, v: &Variant) -> Result<PairRecord> {
+    fn write_variant(&self, square: &Packed, stem: &str, v: &Variant) -> Result<PairRecord> {
         let g = &self.cfg.generate;
         let per_source;
         let op = match self.ops.get(&v.name()) {
             Some(op) => op,
             None => {
-                let (w, h) = square.image.dimensions();
+                let (w, h) = square.pair().image.dimensions();
                 per_source = v.operation(w, h, self.cfg.seed, stem);
                 &per_source
             }
         };
-        let out = op.apply(square);
+        let out = op.apply_packed(square);
         let name = format!("{stem}_{}", v.name());
         let (img_bytes, ext) = match g.image_format {
-            ImageFormat::Png => (encode_png_rgb(&out.image)?, "png"),
+            ImageFormat::Png => (encode_png_rgb_with(&out.image, g.png_filter)?, "png"),
             ImageFormat::Jpeg => (encode_jpeg_rgb(&out.image, g.jpeg_quality)?, "jpg"),
         };
-        let mask_bytes = encode_png_gray(&out.mask)?;
+        let mask_bytes = encode_png_gray_with(&out.mask, g.png_filter)?;
         let image = format!("master/images/{name}.{ext}");
         let mask = format!("master/masks/{name}.png");
         write_atomic(&staged(self.run, &image), &img_bytes)?;

@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
 
+use crate::config::PngFilter;
+
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync-free rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
@@ -95,31 +97,53 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// RGB PNG with fast compression (the default level is ~27x slower to encode; the fast level's
-/// time is in docs/benchmarks.md).
+/// RGB PNG with fast compression and the adaptive row filter (the default level is ~27x slower
+/// to encode; the fast level's time is in docs/benchmarks.md).
 pub fn encode_png_rgb(img: &RgbImage) -> Result<Vec<u8>> {
-    encode_png(
-        img.as_raw(),
-        img.width(),
-        img.height(),
-        ExtendedColorType::Rgb8,
-    )
+    encode_png_rgb_with(img, PngFilter::Adaptive)
 }
 
-/// 1-channel 8-bit PNG with fast compression.
+/// RGB PNG with fast compression and row filter `filter`.
+pub fn encode_png_rgb_with(img: &RgbImage, filter: PngFilter) -> Result<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    encode_png_with(img.as_raw(), w, h, ExtendedColorType::Rgb8, filter)
+}
+
+/// 1-channel 8-bit PNG with fast compression and the adaptive row filter.
 pub fn encode_png_gray(img: &GrayImage) -> Result<Vec<u8>> {
-    encode_png(
-        img.as_raw(),
-        img.width(),
-        img.height(),
-        ExtendedColorType::L8,
-    )
+    encode_png_gray_with(img, PngFilter::Adaptive)
 }
 
-/// PNG of raw 8-bit samples (`color` says which) with fast compression.
+/// 1-channel 8-bit PNG with fast compression and row filter `filter`.
+pub fn encode_png_gray_with(img: &GrayImage, filter: PngFilter) -> Result<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    encode_png_with(img.as_raw(), w, h, ExtendedColorType::L8, filter)
+}
+
+/// PNG of raw 8-bit samples (`color` says which) with fast compression, adaptive row filter.
 pub fn encode_png(raw: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Result<Vec<u8>> {
+    encode_png_with(raw, w, h, color, PngFilter::Adaptive)
+}
+
+/// PNG of raw 8-bit samples (`color` says which) with fast compression (fdeflate) and row
+/// filter `filter`.
+pub fn encode_png_with(
+    raw: &[u8],
+    w: u32,
+    h: u32,
+    color: ExtendedColorType,
+    filter: PngFilter,
+) -> Result<Vec<u8>> {
+    let filter = match filter {
+        PngFilter::Adaptive => FilterType::Adaptive,
+        PngFilter::None => FilterType::NoFilter,
+        PngFilter::Sub => FilterType::Sub,
+        PngFilter::Up => FilterType::Up,
+        PngFilter::Avg => FilterType::Avg,
+        PngFilter::Paeth => FilterType::Paeth,
+    };
     let mut out = Vec::with_capacity(raw.len() / 2);
-    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, filter)
         .write_image(raw, w, h, color)
         .context("PNG encoding failed")?;
     Ok(out)

@@ -230,3 +230,59 @@ fn verify_reports_changed_missing_and_extra_files() {
     );
     assert!(s.contains("extra: master/images/stray.png"), "{s}");
 }
+
+/// `generate.png_filter` changes the files' bytes, never their pixels; a config without it keeps
+/// the generation key it had before the setting existed (adaptive, left out of the key); and a
+/// run made with one filter is not silently reused by a config with another.
+#[test]
+fn png_filter_keeps_the_pixels_and_is_part_of_the_generation_key() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 2, 100, 80);
+    let mut runs = Vec::new();
+    for (name, filter) in [("adaptive", ""), ("avg", r#""png_filter": "avg", "#)] {
+        let run = d.path().join(name);
+        std::fs::create_dir_all(&run).unwrap();
+        let json = format!(
+            r#"{{ "name": "t", "seed": 5, "data": "{}", "out": "{}",
+  "generate": {{ {filter}"size": 64, "variants": {{ "rotate": [30], "elastic": [{{"alpha": 60, "sigma": 4}}] }} }} }}"#,
+            data.display(),
+            run.join("out").display()
+        );
+        let cfg = config(&run, "cfg", &json);
+        pipeline_ok(&["generate", "--config", cfg.to_str().unwrap()]);
+        runs.push((run, cfg));
+    }
+    let (a, b) = (manifest(&runs[0].0), manifest(&runs[1].0));
+    assert_ne!(a["generation_key"], b["generation_key"]);
+    assert!(a["generation"]["generate"].get("png_filter").is_none());
+    assert_eq!(b["generation"]["generate"]["png_filter"], "avg");
+    let (ta, tb) = (
+        tree(&runs[0].0.join("out/t/master")),
+        tree(&runs[1].0.join("out/t/master")),
+    );
+    assert_eq!(ta.len(), tb.len());
+    let mut bytes_differ = 0;
+    for ((na, ba), (nb, bb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        bytes_differ += usize::from(ba != bb);
+        let pa = image::load_from_memory(ba).unwrap();
+        let pb = image::load_from_memory(bb).unwrap();
+        assert!(pa.as_bytes() == pb.as_bytes(), "{na}: pixels differ");
+    }
+    assert!(bytes_differ > 0, "the filter changed no file");
+    // The avg run read with the adaptive config: refused, naming the setting.
+    let cfg = runs[0].1.to_str().unwrap().replace("adaptive", "avg");
+    std::fs::copy(&runs[0].1, &cfg).unwrap();
+    let edited = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("/adaptive/out", "/avg/out");
+    std::fs::write(&cfg, edited).unwrap();
+    let o = pipeline(&["split", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("`generate.png_filter` is \"avg\" in manifest.json but left at its default in this config"),
+        "{e}"
+    );
+}

@@ -91,70 +91,98 @@ pub fn distortion(
 
 /// 2-D gaussian smoothing of a w x h image (row-major), zero outside.
 ///
-/// Both passes run down columns, all columns at once: each recursion step works on whole rows,
-/// which keeps memory access sequential and lets the compiler vectorize across x. The pass along
-/// x runs on the transposed image. Every line sees exactly the recursion of [`blur_line`], in the
-/// same order of operations, so the result does not depend on this layout.
+/// The recursive filter of Young & van Vliet (1995) along x, then along y. Both passes work on
+/// many lines at once so the compiler can vectorize across them, in cache-sized pieces and
+/// without transposing the image: along x on blocks of [`ROWS`] rows (one lane per row), along y
+/// on strips of [`COLUMNS`] columns (one lane per column). Every line sees exactly the recursion
+/// of [`blur_line`], in the same order of operations, so the result does not depend on this
+/// layout (the test `blur_is_the_line_recursion_along_x_then_y`).
 pub fn gaussian_blur(src: &[f64], w: usize, h: usize, sigma: f64) -> Vec<f64> {
     let c = YvvCoefficients::new(sigma);
     let pad = (4.0 * sigma).ceil() as usize;
-    let along_x = transpose(&blur_columns(&transpose(src, w, h), h, w, pad, &c), h, w);
-    blur_columns(&along_x, w, h, pad, &c)
+    blur_columns(&blur_rows(src, w, h, pad, &c), w, h, pad, &c)
+}
+
+/// Rows filtered together by [`blur_rows`] (lanes of one recursion step).
+const ROWS: usize = 16;
+/// Columns filtered together by [`blur_columns`].
+const COLUMNS: usize = 64;
+
+/// One step of the recursion in every lane: `b * x + a0 * s1 + a1 * s2 + a2 * s3`, the
+/// expression (and order of operations) of [`blur_line`].
+#[inline(always)]
+fn step<const L: usize>(
+    c: &YvvCoefficients,
+    x: &[f64; L],
+    s1: &[f64; L],
+    s2: &[f64; L],
+    s3: &[f64; L],
+) -> [f64; L] {
+    std::array::from_fn(|r| c.b * x[r] + c.a[0] * s1[r] + c.a[1] * s2[r] + c.a[2] * s3[r])
+}
+
+/// Filters every row of a w x h image followed by `pad` zeros (forward, then backward), like
+/// [`blur_line`] does for one line, [`ROWS`] rows at a time.
+fn blur_rows(src: &[f64], w: usize, h: usize, pad: usize, c: &YvvCoefficients) -> Vec<f64> {
+    let n = w + pad;
+    let mut out = vec![0f64; w * h];
+    let mut fwd = vec![[0f64; ROWS]; n];
+    for y0 in (0..h).step_by(ROWS) {
+        let rows = (h - y0).min(ROWS);
+        let zero = [0f64; ROWS];
+        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
+        for (x, f) in fwd.iter_mut().enumerate() {
+            let mut input = zero;
+            if x < w {
+                for (r, v) in input.iter_mut().take(rows).enumerate() {
+                    *v = src[(y0 + r) * w + x];
+                }
+            }
+            let s0 = step(c, &input, &s1, &s2, &s3);
+            *f = s0;
+            (s3, s2, s1) = (s2, s1, s0);
+        }
+        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
+        for (x, f) in fwd.iter().enumerate().rev() {
+            let s0 = step(c, f, &s1, &s2, &s3);
+            if x < w {
+                for (r, v) in s0.iter().take(rows).enumerate() {
+                    out[(y0 + r) * w + x] = *v;
+                }
+            }
+            (s3, s2, s1) = (s2, s1, s0);
+        }
+    }
+    out
 }
 
 /// Filters every column of a w x h image followed by `pad` zeros (forward, then backward), like
-/// [`blur_line`] does for one line.
-///
-/// With zero initial state, the causal pass over leading zeros stays zero, so only the trailing
-/// padding (where the causal response still decays) has to be run before the anti-causal pass.
+/// [`blur_line`] does for one line, on strips of [`COLUMNS`] columns (the last strip may be
+/// narrower: its spare lanes filter zeros).
 fn blur_columns(src: &[f64], w: usize, h: usize, pad: usize, c: &YvvCoefficients) -> Vec<f64> {
-    // Three zero rows bound each pass.
     let n = h + pad;
-    let mut fwd = vec![0f64; (n + 3) * w];
-    for y in 0..n {
-        let (done, rest) = fwd.split_at_mut((y + 3) * w);
-        let (r3, r2, r1) = (
-            &done[y * w..(y + 1) * w],
-            &done[(y + 1) * w..(y + 2) * w],
-            &done[(y + 2) * w..(y + 3) * w],
-        );
-        let cur = &mut rest[..w];
-        if y < h {
-            let input = &src[y * w..(y + 1) * w];
-            for x in 0..w {
-                cur[x] = c.b * input[x] + c.a[0] * r1[x] + c.a[1] * r2[x] + c.a[2] * r3[x];
-            }
-        } else {
-            for x in 0..w {
-                cur[x] = c.b * 0.0 + c.a[0] * r1[x] + c.a[1] * r2[x] + c.a[2] * r3[x];
-            }
-        }
-    }
-    let mut bwd = vec![0f64; (n + 3) * w];
-    for y in (0..n).rev() {
-        let (head, tail) = bwd.split_at_mut((y + 1) * w);
-        let cur = &mut head[y * w..];
-        let (r1, r2, r3) = (&tail[..w], &tail[w..2 * w], &tail[2 * w..3 * w]);
-        let input = &fwd[(y + 3) * w..(y + 4) * w];
-        for x in 0..w {
-            cur[x] = c.b * input[x] + c.a[0] * r1[x] + c.a[1] * r2[x] + c.a[2] * r3[x];
-        }
-    }
-    bwd.truncate(h * w);
-    bwd
-}
-
-/// The h x w transpose of a w x h row-major image, in 16 x 16 tiles (cache friendly).
-fn transpose(src: &[f64], w: usize, h: usize) -> Vec<f64> {
-    const T: usize = 16;
     let mut out = vec![0f64; w * h];
-    for y0 in (0..h).step_by(T) {
-        for x0 in (0..w).step_by(T) {
-            for y in y0..(y0 + T).min(h) {
-                for x in x0..(x0 + T).min(w) {
-                    out[x * h + y] = src[y * w + x];
-                }
+    let mut fwd = vec![[0f64; COLUMNS]; n];
+    for x0 in (0..w).step_by(COLUMNS) {
+        let cols = (w - x0).min(COLUMNS);
+        let zero = [0f64; COLUMNS];
+        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
+        for (y, f) in fwd.iter_mut().enumerate() {
+            let mut input = zero;
+            if y < h {
+                input[..cols].copy_from_slice(&src[y * w + x0..y * w + x0 + cols]);
             }
+            let s0 = step(c, &input, &s1, &s2, &s3);
+            *f = s0;
+            (s3, s2, s1) = (s2, s1, s0);
+        }
+        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
+        for (y, f) in fwd.iter().enumerate().rev() {
+            let s0 = step(c, f, &s1, &s2, &s3);
+            if y < h {
+                out[y * w + x0..y * w + x0 + cols].copy_from_slice(&s0[..cols]);
+            }
+            (s3, s2, s1) = (s2, s1, s0);
         }
     }
     out
@@ -198,7 +226,7 @@ impl YvvCoefficients {
 }
 
 /// Filters `src` followed by `pad` zeros into `line[..src.len() + pad]` (forward, then backward):
-/// the recursion of one line, the reference for [`blur_columns`].
+/// the recursion of one line, the reference for [`blur_rows`] and [`blur_columns`].
 #[cfg(test)]
 fn blur_line(src: &[f64], pad: usize, c: &YvvCoefficients, line: &mut [f64]) {
     let line = &mut line[..src.len() + pad];

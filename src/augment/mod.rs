@@ -23,7 +23,7 @@ use crate::config::VariantsConfig;
 use crate::rng::rng_for;
 use affine::Affine;
 use lens::{Lens, LensChain};
-pub use warp::{remap, Border, Pair, SampleMap};
+pub use warp::{remap, Border, Packed, Pair, SampleMap};
 
 /// One output variant of a source.
 #[derive(Debug, Clone, PartialEq)]
@@ -272,6 +272,15 @@ impl Operation {
             Operation::Permute(p) => p.apply(src),
             Operation::Warp(map) => Cow::Owned(map.apply(src)),
             Operation::PerPixel(op) => Cow::Owned(op.apply(src)),
+        }
+    }
+
+    /// [`apply`](Self::apply) to a source already packed for warps ([`warp::Packed`], made once
+    /// and shared by all the variants of a source). Same result.
+    pub fn apply_packed<'a>(&self, src: &Packed<'a>) -> Cow<'a, Pair> {
+        match self {
+            Operation::Warp(map) => Cow::Owned(map.apply_packed(src)),
+            _ => self.apply(src.pair()),
         }
     }
 }

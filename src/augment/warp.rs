@@ -24,6 +24,35 @@ pub enum Border {
     Clamp,
 }
 
+/// A pair laid out for the remap kernel: each pixel's R, G, B and mask bit (1 where the mask is
+/// at least 128, else 0) in 4 consecutive bytes, so that one 8-byte load reads two neighbouring
+/// pixels with their masks, and the mask's bilinear field is interpolated in the same lanes as
+/// the colours. Built once per source and shared by all its warps.
+#[derive(Debug)]
+pub struct Packed<'a> {
+    pair: &'a Pair,
+    rgbm: Vec<u8>,
+}
+
+impl<'a> Packed<'a> {
+    /// Packs `pair` (4 bytes per pixel).
+    pub fn new(pair: &'a Pair) -> Self {
+        let rgbm = pair
+            .image
+            .as_raw()
+            .chunks_exact(3)
+            .zip(pair.mask.as_raw())
+            .flat_map(|(c, &m)| [c[0], c[1], c[2], u8::from(m >= 128)])
+            .collect();
+        Packed { pair, rgbm }
+    }
+
+    /// The pair it was packed from.
+    pub fn pair(&self) -> &'a Pair {
+        self.pair
+    }
+}
+
 /// Fills `out[x]` with the source coordinate (x, y), in pixels with centres at integers, of every
 /// output pixel of row `y`.
 pub trait CoordMap {
@@ -239,6 +268,15 @@ impl SampleMap {
     /// # Panics
     /// If the pair's size differs from the map's.
     pub fn apply(&self, src: &Pair) -> Pair {
+        self.apply_packed(&Packed::new(src))
+    }
+
+    /// Warps a packed pair of this map's size (what [`apply`](Self::apply) does after packing).
+    ///
+    /// # Panics
+    /// If the pair's size differs from the map's.
+    pub fn apply_packed(&self, packed: &Packed) -> Pair {
+        let src = packed.pair;
         let (w, h) = src.image.dimensions();
         assert_eq!(
             (w, h),
@@ -255,7 +293,7 @@ impl SampleMap {
             let msk = &mut out_msk[at..at + len];
             match run.kind {
                 RunKind::Inside => {
-                    sample_inside(src, &self.inside[inside..inside + len], img, msk);
+                    sample_inside(packed, &self.inside[inside..inside + len], img, msk);
                     inside += len;
                 }
                 RunKind::Fill => {
@@ -328,16 +366,17 @@ impl SampleMap {
     }
 }
 
-/// Bilinear gather of pixels whose four taps are inside `src`: SSE4.1 where the CPU has it, the
-/// portable loop otherwise. Both compute the same integers as [`sample_general`].
-fn sample_inside(src: &Pair, taps: &[InsideTap], img: &mut [u8], msk: &mut [u8]) {
+/// Bilinear gather of pixels whose four taps are inside the source: SSE4.1 on the packed
+/// layout where the CPU has it, the portable loop otherwise. Both compute the same integers as
+/// [`sample_general`].
+fn sample_inside(src: &Packed, taps: &[InsideTap], img: &mut [u8], msk: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sse4.1") {
         // SAFETY: the CPU supports SSE4.1 (checked just above).
         unsafe { x86::sample_inside_sse41(src, taps, img, msk) };
         return;
     }
-    sample_inside_scalar(src, taps, img, msk)
+    sample_inside_scalar(src.pair, taps, img, msk)
 }
 
 /// The portable form of [`sample_inside`]. The sum is factored as (ONE - fy) * top + fy * bottom,
@@ -387,65 +426,71 @@ fn sample_mask(src: &Pair, t: &InsideTap) -> u8 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{sample_inside_scalar, sample_mask, InsideTap, Pair, HALF, ONE, SHIFT};
+    use super::{InsideTap, Packed, HALF, ONE, SHIFT};
     use std::arch::x86_64::*;
 
-    /// [`super::sample_inside`] with one pixel's three channels in the lanes of SSE registers:
-    /// vertical interpolation of the two columns with one `madd` (pairs top/bottom times
-    /// (ONE - fy, fy)), then the horizontal one in 32-bit lanes. Same integers as the scalar form.
+    /// [`super::sample_inside`] on the packed layout, one pixel's R, G, B and mask bit in the
+    /// four lanes of an SSE register: the vertical interpolation of the two columns with one
+    /// `madd` each (top/bottom pairs times (ONE - fy, fy)), then the horizontal one in 32-bit
+    /// lanes. Same integers as the scalar form; the mask lane's rounded value is 1 exactly when
+    /// the bilinear {0,1} field is at least 0.5 (the sum is at most ONE * ONE, so it rounds to 0
+    /// or 1), which is [`super::sample_mask`]'s rule.
     ///
     /// # Safety
-    /// The CPU must support SSE4.1.
+    /// The CPU must support SSE4.1. Every tap must be an inside tap of `src` (its pixel and the
+    /// pixels right, below and below-right of it exist), and `img` / `msk` must hold 3 / 1 bytes
+    /// per tap.
     #[target_feature(enable = "sse4.1")]
     pub(super) unsafe fn sample_inside_sse41(
-        src: &Pair,
+        src: &Packed,
         taps: &[InsideTap],
         img: &mut [u8],
         msk: &mut [u8],
     ) {
-        let wu = src.image.width() as usize;
-        let s_img = src.image.as_raw().as_slice();
+        assert!(img.len() == taps.len() * 3 && msk.len() == taps.len());
+        let w = src.pair.image.width() as usize;
+        let (h, rgbm) = (src.pair.image.height() as usize, src.rgbm.as_ptr());
         let zero = _mm_setzero_si128();
         let half = _mm_set1_epi32(HALF);
-        for ((t, px), m) in taps.iter().zip(img.chunks_exact_mut(3)).zip(msk.iter_mut()) {
+        let (out, n) = (img.as_mut_ptr(), taps.len());
+        for (i, (t, m)) in taps.iter().zip(msk.iter_mut()).enumerate() {
             let p = t.index as usize;
-            // 8-byte loads: two pixels and two bytes more. The last pixels of the picture have no
-            // two bytes more; they take the portable path.
-            let (Some(top), Some(bot)) = (
-                s_img.get(p * 3..p * 3 + 8),
-                s_img.get((p + wu) * 3..(p + wu) * 3 + 8),
-            ) else {
-                sample_inside_scalar(src, std::slice::from_ref(t), px, std::slice::from_mut(m));
-                continue;
-            };
-            let (fx, fy) = (i32::from(t.fx), i32::from(t.fy));
-            // SAFETY: `top` and `bot` are 8 readable bytes (unaligned loads).
+            debug_assert!(p % w < w - 1 && p / w < h - 1);
+            // SAFETY: an inside tap's pixel has a right neighbour in its row and a row below, so
+            // both 8-byte loads (two packed pixels each) are within `rgbm` (unaligned loads).
             let (top, bot) = unsafe {
                 (
-                    _mm_loadl_epi64(top.as_ptr().cast()),
-                    _mm_loadl_epi64(bot.as_ptr().cast()),
+                    _mm_loadl_epi64(rgbm.add(p * 4).cast()),
+                    _mm_loadl_epi64(rgbm.add((p + w) * 4).cast()),
                 )
             };
-            // u16 lanes: top = [r0 g0 b0 r1 g1 b1 . .], bottom likewise.
+            let (fx, fy) = (i32::from(t.fx), i32::from(t.fy));
+            // u16 lanes: [r0 g0 b0 m0 r1 g1 b1 m1] of the top row, likewise the bottom row.
             let top = _mm_unpacklo_epi8(top, zero);
             let bot = _mm_unpacklo_epi8(bot, zero);
-            // Interleaved top/bottom: [r0 R0 g0 G0 b0 B0 r1 R1], [g1 G1 b1 B1 . . . .].
-            let lo = _mm_unpacklo_epi16(top, bot);
-            let hi = _mm_unpackhi_epi16(top, bot);
+            // Interleaved top/bottom: left column [r R g G b B m M], right column likewise.
+            let left = _mm_unpacklo_epi16(top, bot);
+            let right = _mm_unpackhi_epi16(top, bot);
             let wy = _mm_set1_epi32((fy << 16) | (ONE - fy));
-            // Left column [r g b] (and the right column's red in lane 3), right column [g b].
-            let left = _mm_madd_epi16(lo, wy);
-            let rest = _mm_madd_epi16(hi, wy);
-            let right = _mm_or_si128(_mm_srli_si128::<12>(left), _mm_slli_si128::<4>(rest));
+            let left = _mm_madd_epi16(left, wy);
+            let right = _mm_madd_epi16(right, wy);
             let v = _mm_add_epi32(
                 _mm_mullo_epi32(left, _mm_set1_epi32(ONE - fx)),
                 _mm_mullo_epi32(right, _mm_set1_epi32(fx)),
             );
             let v = _mm_srli_epi32::<{ SHIFT as i32 }>(_mm_add_epi32(v, half));
             let v = _mm_packus_epi16(_mm_packs_epi32(v, zero), zero);
-            let bytes = (_mm_cvtsi128_si32(v) as u32).to_le_bytes();
-            px.copy_from_slice(&bytes[..3]);
-            *m = sample_mask(src, t);
+            let rgbm = _mm_cvtsi128_si32(v) as u32;
+            // The mask lane is 0 or 1: 0 or 255.
+            *m = 0u8.wrapping_sub((rgbm >> 24) as u8);
+            if i + 1 < n {
+                // SAFETY: pixel i's 3 bytes and the next pixel's first byte (rewritten by the
+                // next pixel) are within `img`, which holds 3 bytes per tap.
+                unsafe { out.add(i * 3).cast::<u32>().write_unaligned(rgbm) };
+            } else {
+                let b = rgbm.to_le_bytes();
+                img[i * 3..i * 3 + 3].copy_from_slice(&b[..3]);
+            }
         }
     }
 }

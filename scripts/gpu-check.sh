@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the training stage, for a lent GPU machine that has PyTorch but no Rust.
-# It builds nothing: it runs a `pipeline` binary and the training benchmark built elsewhere
+# It builds nothing: it runs `pipeline` (and the `pipeline-torch` beside it, which runs its
+# train/evaluate/infer) and the training benchmark built elsewhere
 # (`cargo build --release && cargo bench --bench train --no-run`; the libtorch they were linked
 # against must be the same PyTorch release as the machine's: 2.11.0, see README "libtorch").
 #
@@ -32,6 +33,7 @@ bin=${PIPELINE_BIN:-target/release/pipeline}
 [ -f "$ref" ] || { echo "gpu-check: $ref not found" >&2; exit 2; }
 [ -x "$bin" ] || { echo "gpu-check: no binary at $bin (build it with cargo build --release elsewhere)" >&2; exit 2; }
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+[ -x "$(dirname "$bin")/pipeline-torch" ] || { echo "gpu-check: no pipeline-torch beside $bin (cargo build --release builds both)" >&2; exit 2; }
 bench=${BENCH_BIN:-$(ls -t target/release/deps/train-* 2>/dev/null | grep -v '\.d$' | head -1)}
 [ -n "$bench" ] && [ -x "$bench" ] || { echo "gpu-check: no training benchmark (cargo bench --bench train --no-run elsewhere, or set BENCH_BIN)" >&2; exit 2; }
 bench=$(cd "$(dirname "$bench")" && pwd)/$(basename "$bench")

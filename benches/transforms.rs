@@ -1,12 +1,16 @@
 //! Criterion benchmarks of the generator's kernels, one number each so a regression shows:
 //! building and applying each variant's operation at 512x512 (one pair: image + mask; the
-//! remap, the flips, the exact copy), decoding and squaring a 1500x1152 source, and the PNG and
-//! JPEG encoders. Throughput is in pixels of the output (of the source for decode and prepare).
+//! remap, the flips, the exact copy), decoding and squaring a 1500x1152 source, and the PNG (with
+//! the adaptive and the avg row filter) and JPEG encoders. Throughput is in pixels of the output
+//! (of the source for decode and prepare).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fundus_pipeline::augment::{plan, Packed, Pair, Variant};
+use fundus_pipeline::config::PngFilter;
 use fundus_pipeline::config::{LensConfig, VariantsConfig};
-use fundus_pipeline::io::{decode_image, encode_jpeg_rgb, encode_png_gray, encode_png_rgb};
+use fundus_pipeline::io::{
+    decode_image, encode_jpeg_rgb, encode_png_gray, encode_png_rgb, encode_png_rgb_with,
+};
 use fundus_pipeline::prep::prepare;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
@@ -81,6 +85,9 @@ fn variants(c: &mut Criterion) {
     g.throughput(Throughput::Elements(512 * 512));
     g.bench_function("png_rgb_fast", |b| {
         b.iter(|| encode_png_rgb(&pair.image).unwrap())
+    });
+    g.bench_function("png_rgb_fast_avg_filter", |b| {
+        b.iter(|| encode_png_rgb_with(&pair.image, PngFilter::Avg).unwrap())
     });
     g.bench_function("png_mask_fast", |b| {
         b.iter(|| encode_png_gray(&pair.mask).unwrap())

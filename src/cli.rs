@@ -6,7 +6,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Reproducible DIARETDB1 lesion-segmentation dataset generator and UNet trainer.
 #[derive(Debug, Parser)]
-#[command(name = "pipeline", version, about, long_about = None)]
+#[command(
+    name = "pipeline",
+    bin_name = "pipeline",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (sources ", env!("PIPELINE_SOURCE_ID"), ")"),
+    about,
+    long_about = None
+)]
 pub struct Cli {
     /// The subcommand to run.
     #[command(subcommand)]

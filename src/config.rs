@@ -127,8 +127,9 @@ pub enum ImageFormat {
     Jpeg,
 }
 
-/// PNG row filter of the generated pairs (PNG specification, section 9: the five filter types).
-/// Lossless whatever the filter: the pixels are the same, only the file bytes and size differ.
+/// PNG row filter of the generated images (PNG specification, section 9: the five filter
+/// types; masks always use `adaptive`). Lossless whatever the filter: the pixels are the same,
+/// only the file bytes and size differ.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PngFilter {
@@ -142,7 +143,7 @@ pub enum PngFilter {
     Sub,
     /// Difference to the pixel above.
     Up,
-    /// Difference to the mean of left and above: on DIARETDB1 pairs ~1% larger files than
+    /// Difference to the mean of left and above: on DIARETDB1 images ~1% larger files than
     /// `adaptive` and a third less encoding time (docs/benchmarks.md).
     Avg,
     /// Difference to the Paeth predictor of left, above and upper left.
@@ -170,7 +171,7 @@ pub struct GenerateConfig {
     pub image_format: ImageFormat,
     /// JPEG quality (1..=100) when `image_format` is `jpeg`.
     pub jpeg_quality: u8,
-    /// Row filter of the PNG images and masks.
+    /// Row filter of the PNG images (masks always use `adaptive`).
     #[serde(skip_serializing_if = "PngFilter::is_adaptive")]
     pub png_filter: PngFilter,
     /// Apply the field-of-view mask (`ddb1_fundusmask/fmask.tif`) to the lesion mask when present.

@@ -42,6 +42,20 @@ pub fn path() -> Result<PathBuf> {
 /// or cannot be started.
 pub fn run_there(command: &str) -> Result<std::process::ExitCode> {
     let path = path()?;
+    // Set by a `pipeline` for its `pipeline-torch`: this process was started as the libtorch half
+    // but is a `pipeline` (a copy or link), and would hand the command on again, forever.
+    anyhow::ensure!(
+        std::env::var_os(CALLER_ENV).is_none(),
+        "`pipeline {command}` was handed to a `{BINARY}` that is not one: it is this `pipeline` \
+         ({}; a copy of or a link to it), which cannot run `{command}`; build the real one with \
+         `cargo build --release` in the project root",
+        path.with_file_name("pipeline").display()
+    );
+    anyhow::ensure!(
+        !path.exists() || path.is_file(),
+        "`pipeline {command}` runs in {}, which is not a file",
+        path.display()
+    );
     anyhow::ensure!(
         path.is_file(),
         "`pipeline {command}` runs in {} (the same command line linked with libtorch), which \
@@ -50,11 +64,38 @@ pub fn run_there(command: &str) -> Result<std::process::ExitCode> {
          . && cargo install --path train`",
         path.display()
     );
+    check_executable(&path)?;
     let mut child = std::process::Command::new(&path);
     child
         .args(std::env::args_os().skip(1))
         .env(CALLER_ENV, SOURCE_ID);
     start(child, &path)
+}
+
+/// Refuses a file that is not a program of this platform (on Linux: not ELF), which the
+/// system would otherwise run as a shell script (an empty file then "succeeds" doing nothing).
+fn check_executable(path: &std::path::Path) -> Result<()> {
+    if cfg!(target_os = "linux") {
+        use std::io::Read;
+        let mut magic = Vec::with_capacity(4);
+        let read = std::fs::File::open(path).and_then(|f| f.take(4).read_to_end(&mut magic));
+        read.with_context(|| format!("cannot read {}", path.display()))
+            .and_then(|_| {
+                anyhow::ensure!(
+                    magic == b"\x7fELF",
+                    "it is not an executable program (no ELF header)"
+                );
+                Ok(())
+            })
+            .with_context(|| {
+                format!(
+                    "{} is not a working `{BINARY}`: build it with `cargo build --release` in the \
+                     project root",
+                    path.display()
+                )
+            })?;
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -97,7 +138,8 @@ pub fn check_caller() -> Result<()> {
     let me = path().map(|p| p.display().to_string());
     anyhow::bail!(
         "{} was built from other sources than the `pipeline` beside it (source id {} against \
-         {}): it is stale; rebuild both with `cargo build --release` (`cargo run` builds only \
+         {}): it is stale; rebuild both with `cargo build` in the project root (`--release` \
+         for target/release; `cargo run` and `cargo test -p fundus-pipeline` build only \
          `pipeline`)",
         me.unwrap_or_else(|_| BINARY.to_string()),
         SOURCE_ID,

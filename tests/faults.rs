@@ -327,6 +327,38 @@ fn output_folder_not_writable() {
     );
 }
 
+/// `synth` writes a new tree only: into a folder that holds anything (a real dataset, an earlier
+/// tree) it is refused and writes nothing; absurd sizes are refused before any allocation.
+#[test]
+fn synth_refuses_a_folder_that_is_not_empty_and_absurd_sizes() {
+    let c = Case::new(2);
+    let before = tree(&c.data);
+    let o = pipeline(&["synth", "--out", c.data.to_str().unwrap(), "--count", "3"]);
+    assert_fails(&o, &["is not empty", "nothing was written"], &c.data);
+    assert!(tree(&c.data) == before, "synth changed an existing tree");
+    let big = c.root.join("big");
+    let o = pipeline(&[
+        "synth",
+        "--out",
+        big.to_str().unwrap(),
+        "--size",
+        "100000x100000",
+    ]);
+    assert_fails(&o, &["within 32..=8192"], &c.root);
+    assert!(!big.exists());
+}
+
+/// A field-of-view mask path that is not a file is an error, as a corrupt mask is.
+#[test]
+fn field_of_view_mask_that_is_a_folder() {
+    let c = Case::new(2);
+    let fov = c.data.join("resources/images/ddb1_fundusmask/fmask.tif");
+    let _ = std::fs::remove_file(&fov);
+    std::fs::create_dir_all(&fov).unwrap();
+    let out = c.generate();
+    assert_fails(&out, &["fmask.tif", "not a readable file"], &c.out());
+}
+
 /// generate + split + a one-epoch tiny training run.
 fn trained(c: &Case) {
     for cmd in ["generate", "split"] {
@@ -343,6 +375,26 @@ fn checkpoint_that_is_corrupt() {
     std::fs::write(&best, b"garbage").unwrap();
     let out = pipeline(&["evaluate", "--config", c.cfg(), "--device", "cpu"]);
     assert_fails(&out, &["epochs/0001/weights.safetensors"], &c.out());
+}
+
+/// A set regenerated (another seed) and split again after training: the checkpoint's training
+/// data is no longer the run's, so scoring the test split is refused, naming both records.
+#[test]
+fn evaluate_refuses_a_checkpoint_trained_on_another_split() {
+    let c = Case::new(4);
+    trained(&c);
+    c.edit_config(r#""seed": 3"#, r#""seed": 5"#);
+    pipeline_ok(&["generate", "--config", c.cfg(), "--force"]);
+    pipeline_ok(&["split", "--config", c.cfg()]);
+    let out = pipeline(&["evaluate", "--config", c.cfg(), "--device", "cpu"]);
+    assert_fails(
+        &out,
+        &["was trained on other data", "pipeline train", "t/train"],
+        &c.out(),
+    );
+    // Retrained: scored.
+    pipeline_ok(&["train", "--config", c.cfg(), "--device", "cpu"]);
+    pipeline_ok(&["evaluate", "--config", c.cfg(), "--device", "cpu"]);
 }
 
 #[test]

@@ -457,6 +457,29 @@ fn readers_refuse_a_generation_killed_while_replacing_the_set() {
     c.ok(&["preview"]);
 }
 
+/// `generate --force` with another config, killed while swapping its set in: a plain rerun of
+/// that config finishes the commit (the replacement was authorized when it started), and the
+/// result is the bytes of an uninterrupted forced run; the old config is still refused.
+#[test]
+fn forced_replacement_killed_while_swapping_finishes_without_force() {
+    let c = Case::lean(3);
+    c.ok(&["generate"]);
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    let before = tree(&c.run_dir());
+    c.ok(&["generate", "--force"]);
+    let want = run_tree(&c.run_dir());
+    restore(&c.run_dir(), &before);
+    c.kill_at_label(&["generate", "--force"], "generate: master set aside");
+    c.edit_config(r#""seed": 4"#, r#""seed": 3"#);
+    assert_refused(&c.run(&["generate"]), &["holds a different run", "--force"]);
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    c.ok(&["generate"]);
+    assert!(
+        run_tree(&c.run_dir()) == want,
+        "another result than the uninterrupted run"
+    );
+}
+
 // ---------------------------------------------------------- 3. kill anywhere, same bytes
 
 /// Kills `args` at commit point 1, 2, ... until it finishes. Before each try the run folder is

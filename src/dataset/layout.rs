@@ -138,6 +138,14 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
     }
     problems.sort_by(|a, b| a.stem.cmp(&b.stem));
     let fov = root.join(FOV_MASK);
+    // Present but not a file (a folder, a dangling link): an error, as a corrupt mask is, rather
+    // than a silent run without the field of view.
+    if (fov.exists() || fov.symlink_metadata().is_ok()) && !fov.is_file() {
+        bail!(
+            "the field-of-view mask {} is not a readable file; remove it or put the mask there",
+            fov.display()
+        );
+    }
     Ok(Scan {
         root: root.to_path_buf(),
         sources,

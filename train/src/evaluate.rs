@@ -65,6 +65,36 @@ pub struct Evaluation {
     pub photos: PhotoEvaluation,
 }
 
+/// Refuses to score the test split with a checkpoint trained on other data than the run's
+/// train and valid splits now hold (a regeneration or a new split since training): its test
+/// split may then hold photographs the model trained on. Checkpoints without the record (none
+/// are written so any more) are not checked.
+fn check_trained_on_this_split(
+    run: &fundus_pipeline::run_layout::RunLayout,
+    state: &checkpoint::TrainState,
+    ckpt_dir: &std::path::Path,
+) -> Result<()> {
+    if state.data_hash.is_empty() {
+        return Ok(());
+    }
+    let train = scan_split(run, Split::Train)?;
+    let valid = scan_split(run, Split::Valid)?;
+    let now = crate::data::split_hash(&[("train", &train), ("valid", &valid)])?;
+    anyhow::ensure!(
+        now == state.data_hash,
+        "the checkpoint in {} was trained on other data than the train and valid splits in {} \
+         now hold (its record {}, the splits now {}: the set was regenerated or split again \
+         since), so the test split may hold photographs it trained on; run `pipeline train` \
+         again before scoring the test split, or score other photographs with --images and \
+         --truth",
+        ckpt_dir.display(),
+        run.dataset().display(),
+        state.data_hash,
+        now
+    );
+    Ok(())
+}
+
 /// Evaluates the `best` checkpoint of `<run>/train/` and writes `<run>/eval/evaluation.json`
 /// (and `evaluation.csv` on the test split). Errors: no checkpoint, a checkpoint of another
 /// model, a missing test split or source photograph, a photograph and ground truth of different
@@ -81,10 +111,14 @@ pub fn evaluate_run(cfg: &Config, choice: DeviceChoice) -> Result<EvalReport> {
             folder_photos(i, t)?,
             format!("folder {} with ground truth {}", i.display(), t.display()),
         ),
-        _ => (
-            test_split_photos(cfg, &fundus_pipeline::split::require_complete(cfg)?)?,
-            "the test split's source photographs".to_string(),
-        ),
+        _ => {
+            let m = fundus_pipeline::split::require_complete(cfg)?;
+            check_trained_on_this_split(&run, &state, &ckpt_dir)?;
+            (
+                test_split_photos(cfg, &m)?,
+                "the test split's source photographs".to_string(),
+            )
+        }
     };
     let out = run.eval_dir();
     io::create_dir(&out)?;

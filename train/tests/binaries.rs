@@ -78,6 +78,51 @@ fn a_missing_pipeline_torch_is_named_and_the_other_commands_still_run() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// What sits at `pipeline-torch` is not the libtorch executable: a copy of `pipeline` (which
+/// would hand the command back, forever), an empty file or a script (which the system would
+/// run as a shell script), a folder. Each is an error naming the file, never a silent success.
+#[test]
+fn a_pipeline_torch_that_is_not_one_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let pipeline = d.path().join("pipeline");
+    std::fs::copy(pipeline_bin(), &pipeline).unwrap();
+    let torch = d.path().join("pipeline-torch");
+    let cfg = d.path().join("c.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    let run = || {
+        Command::new(&pipeline)
+            .args(["train", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    std::fs::copy(pipeline_bin(), &torch).unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a copy of or a link to it"),
+        "{}",
+        stderr(&o)
+    );
+    for (what, bytes) in [("empty", &b""[..]), ("script", &b"#!/bin/sh\nexit 0\n"[..])] {
+        std::fs::write(&torch, bytes).unwrap();
+        let o = run();
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!(
+                "{} is not a working `pipeline-torch`",
+                torch.display()
+            )) && e.contains("no ELF header"),
+            "{what}: {e}"
+        );
+    }
+    std::fs::remove_file(&torch).unwrap();
+    std::fs::create_dir(&torch).unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("which is not a file"), "{}", stderr(&o));
+}
+
 #[test]
 fn a_stale_pipeline_torch_is_refused() {
     let o = Command::new(env!("CARGO_BIN_EXE_pipeline-torch"))

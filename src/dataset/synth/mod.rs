@@ -100,11 +100,26 @@ pub fn write_synthetic(root: &Path, opts: &SynthOptions) -> Result<()> {
             opts.count
         );
     }
-    if opts.width < 32 || opts.height < 32 {
+    const SIDES: std::ops::RangeInclusive<u32> = 32..=8192;
+    if !SIDES.contains(&opts.width) || !SIDES.contains(&opts.height) {
         bail!(
-            "synthetic image size must be at least 32x32, got {}x{}",
+            "synthetic image sides must be within 32..=8192 pixels, got {}x{}",
             opts.width,
             opts.height
+        );
+    }
+    // A new tree only: writing into an existing one would overwrite photographs that the tool
+    // did not make (or mix two synthetic sets).
+    if let Some(first) = std::fs::read_dir(root)
+        .ok()
+        .and_then(|mut entries| entries.next())
+    {
+        let first = first.map(|e| e.path().display().to_string());
+        bail!(
+            "{} is not empty (it holds {}): `synth` writes a new tree and never overwrites files; \
+             choose a new or empty folder (nothing was written)",
+            root.display(),
+            first.unwrap_or_else(|_| "unreadable entries".into())
         );
     }
     let res = root.join("resources");

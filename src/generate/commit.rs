@@ -1,0 +1,338 @@
+//! The commit of a generation (steps 3-4 of the protocol in the docs of [`super`]): the staged
+//! set checked against its manifest, swapped in for `master/`, the old set's recorded files
+//! removed; and the same commit for a set made elsewhere (`pipeline merge`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+
+use super::journal::{start_journal, Header, Journal, JournalState, Prior};
+use super::run_info::write_run_info;
+use super::{GenerateOptions, GenerateReport, OWN_FILES};
+use crate::augment::{plan, Variant};
+use crate::config::Config;
+use crate::dataset::layout::Problem;
+use crate::io::{commit_point, write_json};
+use crate::manifest::{Manifest, PairRecord};
+use crate::run_layout::RunLayout;
+
+/// Where a file of the new set (`master/...`, relative to the run folder) is staged.
+pub(super) fn staged(run: &RunLayout, rel: &str) -> PathBuf {
+    run.staging()
+        .join(rel.strip_prefix("master/").unwrap_or(rel))
+}
+
+/// Finishes a commit whose record (`generate.commit.json`) is written: removes
+/// the old split's files, swaps `staging/` in as `master/`, removes the files the old manifest
+/// recorded from `master.old/`, and renames the record to `manifest.json`. Idempotent; returns
+/// notes about files left in place.
+pub(super) fn finish_commit(run: &RunLayout, old: Option<&Manifest>) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let master = run.master();
+    let old_master = run.old_master();
+    let staging = run.staging();
+    if let Some(old) = old {
+        for p in &old.pairs {
+            for (file, _) in p.dataset_files().into_iter().flatten() {
+                remove_if_present(&run.file(&file))?;
+            }
+        }
+        remove_empty_dirs(&run.dataset());
+        commit_point("generate: old split removed");
+    } else if run.dataset().exists() && !files_under(&run.dataset())?.is_empty() {
+        notes.push(format!(
+            "{} holds files no readable manifest records; they are left in place (remove them \
+             before `pipeline split`)",
+            run.dataset().display()
+        ));
+    }
+    if staging.exists() {
+        if master.exists() {
+            clear_old_master(run, old, &mut notes)?;
+            if old_master.exists() {
+                bail!(
+                    "cannot set {} aside: {} is in the way (move it away and rerun)",
+                    master.display(),
+                    old_master.display()
+                );
+            }
+            rename(&master, &old_master)?;
+            commit_point("generate: master set aside");
+        }
+        rename(&staging, &master)?;
+        commit_point("generate: staging became master");
+    }
+    clear_old_master(run, old, &mut notes)?;
+    rename(&run.commit_record(), &run.manifest())?;
+    commit_point("generate: manifest written");
+    remove_if_present(&run.journal())?;
+    commit_point("generate: journal removed");
+    Ok(notes)
+}
+
+/// Removes from `master.old/` the files `old` records and the tool's temporaries, then the
+/// folders if empty; files nobody recorded stay (with a note).
+pub(super) fn clear_old_master(
+    run: &RunLayout,
+    old: Option<&Manifest>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let dir = run.old_master();
+    if !dir.exists() {
+        return Ok(());
+    }
+    for p in old.map(|m| m.pairs.as_slice()).unwrap_or_default() {
+        for rel in [&p.image, &p.mask] {
+            let rel = rel.strip_prefix("master/").unwrap_or(rel);
+            remove_if_present(&dir.join(rel))?;
+        }
+    }
+    remove_temporaries(&dir)?;
+    remove_empty_dirs(&dir);
+    if dir.exists() {
+        // Out of the way of the next commit, under a name that says what it is.
+        let mut n = 1;
+        while run.root().join(format!("unrecorded-{n}")).exists() {
+            n += 1;
+        }
+        let to = run.root().join(format!("unrecorded-{n}"));
+        let count = if dir.is_dir() {
+            files_under(&dir)?.len()
+        } else {
+            1
+        };
+        rename(&dir, &to)?;
+        notes.push(format!(
+            "{} file(s) in the old master set that no manifest recorded (not made by this \
+             tool?) were not deleted: they are now in {}",
+            count,
+            to.display()
+        ));
+    }
+    commit_point("generate: old master cleared");
+    Ok(())
+}
+
+/// Before the commit: `staging/` must hold exactly the new set. Files of sources that began and
+/// then failed (named by the journal) are removed; anything else is refused by name.
+pub(super) fn check_staging(run: &RunLayout, m: &Manifest) -> Result<()> {
+    let dir = run.staging();
+    let expected: BTreeSet<PathBuf> = m
+        .pairs
+        .iter()
+        .flat_map(|p| [staged(run, &p.image), staged(run, &p.mask)])
+        .collect();
+    let journal = JournalState::read(run)?;
+    let recorded: BTreeSet<PathBuf> = journal
+        .staged_files()
+        .iter()
+        .map(|r| staged(run, r))
+        .collect();
+    remove_temporaries(&dir)?;
+    for f in files_under(&dir)? {
+        if expected.contains(&f) {
+            continue;
+        }
+        if recorded.contains(&f) {
+            remove_if_present(&f)?;
+        } else {
+            bail!(
+                "{} is not a file of this generation (did something else write into {}?); move \
+                 it away and rerun with --resume",
+                f.display(),
+                dir.display()
+            );
+        }
+    }
+    for f in &expected {
+        ensure!(
+            f.is_file(),
+            "{} is missing although the journal recorded it; rerun without --resume",
+            f.display()
+        );
+    }
+    Ok(())
+}
+
+/// Regular files under `dir` (none when it does not exist).
+pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if !entry.file_type().is_dir() {
+            out.push(entry.into_path());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the tool's temporary files (`.tmp-*`, see [`write_atomic`]) under `dir`.
+pub(super) fn remove_temporaries(dir: &Path) -> Result<()> {
+    for f in files_under(dir)? {
+        if f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".tmp-"))
+        {
+            remove_if_present(&f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and its sub-folders where they are empty (bottom-up); never removes a file.
+pub(super) fn remove_empty_dirs(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    let dirs: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .contents_first(true)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    for d in dirs {
+        // Fails (and is left) when not empty.
+        let _ = std::fs::remove_dir(&d);
+    }
+}
+
+/// Removes a file; a file that is already gone is fine.
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+pub(super) fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
+}
+
+// ---- Hook of `pipeline merge` (src/merge.rs) ----
+
+/// A complete set made elsewhere (the shards of `generate --shard`), committed by
+/// [`commit_external`].
+pub(crate) struct ExternalSet<'a> {
+    /// The new manifest (sources and pairs sorted, no split).
+    pub manifest: Manifest,
+    pub image_ext: String,
+    pub fov_hash: Option<String>,
+    /// Sources that failed where the set was made (reported, and an earlier set is kept).
+    pub failed: Vec<Problem>,
+    /// Puts the file a pair records at `rel` (`master/...`) at `dest` (in `staging/`), which
+    /// does not exist yet.
+    pub place: &'a (dyn Fn(&PairRecord, &str, &Path) -> Result<()> + Sync),
+}
+
+/// Commits `set` into `cfg.run_dir()` by the generator's protocol (module docs): the run folder
+/// check (`force`), a pending commit finished, the journal written with every pair before any
+/// file is placed in `staging/`, the commit record, the swap, `run.json`. Idempotent like a
+/// generation: a rerun after a kill at any point ends with the same bytes. With failed sources
+/// and an earlier complete set, nothing is replaced (`kept_earlier`).
+pub(crate) fn commit_external(
+    cfg: &Config,
+    set: ExternalSet,
+    force: bool,
+    threads: Option<usize>,
+) -> Result<GenerateReport> {
+    let started = Instant::now();
+    let run = cfg.layout();
+    let run_dir = run.root().to_path_buf();
+    let key = set.manifest.generation_key.clone();
+    let header = Header {
+        generation_key: key.clone(),
+        variants: plan(&cfg.generate.variants)
+            .iter()
+            .map(Variant::name)
+            .collect(),
+        image_ext: set.image_ext.clone(),
+        fov_hash: set.fov_hash.clone(),
+    };
+    // The run folder's files the merge writes must be its own, as for generate (crate::owned).
+    let mut owned = crate::owned::Owned::open(&run_dir)?;
+    owned.check(&OWN_FILES)?;
+    let prior = Prior::read(&run)?;
+    prior.check(&run, &key, force)?;
+    owned.claim(&OWN_FILES)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+    let mut notes = Vec::new();
+    let old = if let Some(Ok(_)) = &prior.commit {
+        notes.extend(finish_commit(&run, prior.manifest_ok())?);
+        Prior::read(&run)?.manifest_ok().cloned()
+    } else {
+        prior.manifest_ok().cloned()
+    };
+    let mut report = GenerateReport {
+        run_dir: run_dir.clone(),
+        sources: set.manifest.sources.len(),
+        pairs: set.manifest.pairs.len(),
+        reused: 0,
+        failed: set.failed,
+        warnings: Vec::new(),
+        ignored: Vec::new(),
+        notes,
+        kept_earlier: None,
+        seconds: 0.0,
+    };
+    let threads = threads.unwrap_or(0);
+    if !report.failed.is_empty() {
+        if let Some(old) = &old {
+            report.kept_earlier = Some(old.pairs.len());
+            report.seconds = started.elapsed().as_secs_f64();
+            write_run_info(&run, &report, threads)?;
+            return Ok(report);
+        }
+    }
+    let no_resume = GenerateOptions::default();
+    start_journal(&run, &header, &prior.journal, &[], &no_resume)?;
+    let mut lines = String::new();
+    for p in &set.manifest.pairs {
+        lines += &(serde_json::to_string(p)? + "\n");
+    }
+    Journal::open(&run)?.line(lines.trim_end().to_string())?;
+    commit_point("merge: journal written");
+    for d in ["images", "masks"] {
+        let d = run.staging().join(d);
+        std::fs::create_dir_all(&d)
+            .with_context(|| format!("cannot create output folder {}", d.display()))?;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start worker threads")?;
+    pool.install(|| {
+        set.manifest.pairs.par_iter().try_for_each(|p| {
+            for rel in [&p.image, &p.mask] {
+                let dest = staged(&run, rel);
+                if dest.exists() {
+                    bail!(
+                        "{} is not a file of this generation (did something else write into \
+                         {}?); move it away and rerun",
+                        dest.display(),
+                        run.staging().display()
+                    );
+                }
+                (set.place)(p, rel, &dest)?;
+            }
+            commit_point("merge: pair placed");
+            Ok(())
+        })
+    })?;
+    check_staging(&run, &set.manifest)?;
+    write_json(&run.commit_record(), &set.manifest)?;
+    commit_point("merge: commit record written");
+    report.notes.extend(finish_commit(&run, old.as_ref())?);
+    report.seconds = started.elapsed().as_secs_f64();
+    write_run_info(&run, &report, threads)?;
+    Ok(report)
+}

@@ -457,6 +457,29 @@ fn readers_refuse_a_generation_killed_while_replacing_the_set() {
     c.ok(&["preview"]);
 }
 
+/// Outputs made from a set that `generate --force` replaced with another config's are kept (they
+/// may be wanted) and named in a note; a rerun of the same config says nothing.
+#[test]
+fn forced_replacement_names_the_outputs_of_the_old_set() {
+    let c = Case::lean(3);
+    c.ok(&["all", "--no-train"]);
+    let o = c.run(&["generate"]);
+    assert!(
+        o.status.success() && !stderr(&o).contains("were made from the set"),
+        "{}",
+        stderr(&o)
+    );
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    let o = c.run(&["generate", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("stats.json") && e.contains("were made from the set this generation replaced"),
+        "{e}"
+    );
+    assert!(c.run_dir().join("stats.json").exists());
+}
+
 /// `generate --force` with another config, killed while swapping its set in: a plain rerun of
 /// that config finishes the commit (the replacement was authorized when it started), and the
 /// result is the bytes of an uninterrupted forced run; the old config is still refused.

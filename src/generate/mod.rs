@@ -269,9 +269,37 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     write_json(&run.commit_record(), &manifest)?;
     commit_point("generate: commit record written");
     report.notes.extend(finish_commit(&run, old.as_ref())?);
+    if let Some(old) = old.filter(|o| o.generation_key != manifest.generation_key) {
+        report.notes.extend(outputs_of_the_replaced_set(&run, &old));
+    }
     report.seconds = started.elapsed().as_secs_f64();
     write_run_info(&run, &report, threads)?;
     Ok(report)
+}
+
+/// A note naming the outputs made from a set that another generation (another key) has just
+/// replaced: statistics, sheets, checkpoints, scores and predictions are kept (nothing the user
+/// may want is deleted) but describe the old set. `split` remakes `dataset/` and `stats`;
+/// `train` starts over (and `evaluate` refuses a checkpoint trained on other data).
+fn outputs_of_the_replaced_set(run: &RunLayout, old: &Manifest) -> Option<String> {
+    let present: Vec<String> = [
+        run.stats_json(),
+        run.train_dir(),
+        run.eval_dir(),
+        run.infer_dir(),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .map(|p| p.display().to_string())
+    .collect();
+    (!present.is_empty()).then(|| {
+        format!(
+            "{} were made from the set this generation replaced (generation key {}); they \
+             describe that set until `pipeline split`, `stats` and `train` run again",
+            present.join(", "),
+            &old.generation_key[..old.generation_key.len().min(12)]
+        )
+    })
 }
 
 /// The manifest of a complete generation; refuses a run folder whose generation was interrupted

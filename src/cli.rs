@@ -282,8 +282,8 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
         v.trim()
             .parse::<u32>()
             .ok()
-            .filter(|n| *n >= 16)
-            .ok_or_else(|| format!("size must be whole numbers >= 16, got {s:?}"))
+            .filter(|n| (32..=8192).contains(n))
+            .ok_or_else(|| format!("sides must be whole numbers within 32..=8192, got {s:?}"))
     };
     Ok((parse(w)?, parse(h)?))
 }

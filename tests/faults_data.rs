@@ -480,27 +480,34 @@ fn forced_replacement_names_the_outputs_of_the_old_set() {
     assert!(c.run_dir().join("stats.json").exists());
 }
 
-/// `generate --force` with another config, killed while swapping its set in: a plain rerun of
-/// that config finishes the commit (the replacement was authorized when it started), and the
-/// result is the bytes of an uninterrupted forced run; the old config is still refused.
+/// `generate --force` with another config, killed (early, or while swapping its set in): a plain
+/// rerun or `--resume` of that config finishes it (the replacement was authorized when it
+/// started), with the bytes of an uninterrupted forced run; the old config is still refused.
 #[test]
-fn forced_replacement_killed_while_swapping_finishes_without_force() {
+fn forced_replacement_killed_at_any_point_finishes_without_force() {
     let c = Case::lean(3);
     c.ok(&["generate"]);
     c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
     let before = tree(&c.run_dir());
     c.ok(&["generate", "--force"]);
     let want = run_tree(&c.run_dir());
-    restore(&c.run_dir(), &before);
-    c.kill_at_label(&["generate", "--force"], "generate: master set aside");
-    c.edit_config(r#""seed": 4"#, r#""seed": 3"#);
-    assert_refused(&c.run(&["generate"]), &["holds a different run", "--force"]);
-    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
-    c.ok(&["generate"]);
-    assert!(
-        run_tree(&c.run_dir()) == want,
-        "another result than the uninterrupted run"
-    );
+    // Killed while swapping, and killed early (only its journal exists): a plain rerun, or
+    // `--resume`, of the new config finishes; the old config is refused.
+    for (label, rerun) in [
+        ("generate: master set aside", &["generate"][..]),
+        ("generate: pair journaled", &["generate", "--resume"][..]),
+    ] {
+        restore(&c.run_dir(), &before);
+        c.kill_at_label(&["generate", "--force"], label);
+        c.edit_config(r#""seed": 4"#, r#""seed": 3"#);
+        assert_refused(&c.run(&["generate"]), &["holds a different run", "--force"]);
+        c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+        c.ok(rerun);
+        assert!(
+            run_tree(&c.run_dir()) == want,
+            "{label}: another result than the uninterrupted run"
+        );
+    }
 }
 
 // ---------------------------------------------------------- 3. kill anywhere, same bytes

@@ -271,6 +271,20 @@ fn png_filter_keeps_the_pixels_and_is_part_of_the_generation_key() {
         assert!(pa.as_bytes() == pb.as_bytes(), "{na}: pixels differ");
     }
     assert!(bytes_differ > 0, "the filter changed no file");
+    // `generate` with the avg config over the adaptive run: refused, naming the setting.
+    let avg_cfg = runs[1].1.to_str().unwrap().to_string();
+    let moved = runs[0].0.join("avg-over-adaptive.json");
+    let text = std::fs::read_to_string(&avg_cfg)
+        .unwrap()
+        .replace("/avg/out", "/adaptive/out");
+    std::fs::write(&moved, text).unwrap();
+    let o = pipeline(&["generate", "--config", moved.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("holds a different run") && e.contains("`generate.png_filter` is \"avg\""),
+        "{e}"
+    );
     // The avg run read with the adaptive config: refused, naming the setting.
     let cfg = runs[0].1.to_str().unwrap().replace("adaptive", "avg");
     std::fs::copy(&runs[0].1, &cfg).unwrap();

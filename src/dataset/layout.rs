@@ -137,22 +137,33 @@ pub fn scan(root: &Path, lesion: Lesion) -> Result<Scan> {
         }
     }
     problems.sort_by(|a, b| a.stem.cmp(&b.stem));
-    let fov = root.join(FOV_MASK);
-    // Present but not a file (a folder, a dangling link): an error, as a corrupt mask is, rather
-    // than a silent run without the field of view.
-    if (fov.exists() || fov.symlink_metadata().is_ok()) && !fov.is_file() {
-        bail!(
-            "the field-of-view mask {} is not a readable file; remove it or put the mask there",
-            fov.display()
-        );
-    }
+    let fov = fov_mask(root)?;
     Ok(Scan {
         root: root.to_path_buf(),
         sources,
         problems,
         ignored,
-        fov_mask: fov.is_file().then_some(fov),
+        fov_mask: fov,
     })
+}
+
+/// The DIARETDB1 field-of-view mask under `root` ([`FOV_MASK`]) when it exists.
+///
+/// # Errors
+/// When something is there that is not a file (a folder, a dangling link): an error naming it,
+/// as a corrupt mask is, rather than a silent run without the field of view.
+pub fn fov_mask(root: &Path) -> Result<Option<PathBuf>> {
+    let fov = root.join(FOV_MASK);
+    if fov.symlink_metadata().is_err() {
+        return Ok(None);
+    }
+    if !fov.is_file() {
+        bail!(
+            "the field-of-view mask {} is not a readable file; remove it or put the mask there",
+            fov.display()
+        );
+    }
+    Ok(Some(fov))
 }
 
 #[cfg(test)]

@@ -261,7 +261,8 @@ pub(crate) fn commit_external(
     let mut owned = crate::owned::Owned::open(&run_dir)?;
     owned.check(&OWN_FILES)?;
     let prior = Prior::read(&run)?;
-    prior.check(&run, &key, force)?;
+    let now = serde_json::to_value(&set.manifest.generation)?;
+    prior.check(&run, &key, &now, force)?;
     owned.claim(&OWN_FILES)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;

@@ -150,11 +150,19 @@ impl Prior {
     }
 
     /// Refuses (unless `force`) a folder that holds another run or anything unaccounted for.
-    pub(super) fn check(&self, run: &RunLayout, key: &str, force: bool) -> Result<()> {
+    pub(super) fn check(
+        &self,
+        run: &RunLayout,
+        key: &str,
+        now: &serde_json::Value,
+        force: bool,
+    ) -> Result<()> {
         let mut other = Vec::new();
-        // A pending commit of this very config was authorized when it started (`--force` if it
-        // replaces another run): finishing it replaces the manifest's run, whatever that was.
-        let committing_this = matches!(&self.commit, Some(Ok(c)) if c.generation_key == key);
+        // An interrupted generation of this very config (its journal or its commit record) was
+        // authorized when it started (`--force` if it replaces another run): finishing it
+        // replaces the manifest's run, whatever that was.
+        let committing_this = matches!(&self.commit, Some(Ok(c)) if c.generation_key == key)
+            || matches!(&self.journal.header, Some(Some(h)) if h.generation_key == key);
         for (name, m) in [
             (RunLayout::MANIFEST, &self.manifest),
             (RunLayout::COMMIT, &self.commit),
@@ -163,10 +171,16 @@ impl Prior {
                 continue;
             }
             match m {
-                Some(Ok(m)) if m.generation_key != key => other.push(format!(
-                    "{name} has generation key {}",
-                    short(&m.generation_key)
-                )),
+                Some(Ok(m)) if m.generation_key != key => {
+                    let recorded = serde_json::to_value(&m.generation)?;
+                    let diff = super::first_difference(&recorded, now, "")
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default();
+                    other.push(format!(
+                        "{name} has generation key {}{diff}",
+                        short(&m.generation_key)
+                    ))
+                }
                 Some(Err(e)) => other.push(format!("{name} is unreadable: {e}")),
                 _ => {}
             }

@@ -147,7 +147,12 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     let mut owned = crate::owned::Owned::open(&run_dir)?;
     owned.check(&OWN_FILES)?;
     let prior = Prior::read(&run)?;
-    prior.check(&run, &key, opts.force)?;
+    let now = serde_json::to_value(crate::manifest::GenerationKey {
+        seed: cfg.seed,
+        lesion: cfg.lesion,
+        generate: &cfg.generate,
+    })?;
+    prior.check(&run, &key, &now, opts.force)?;
     owned.claim(&OWN_FILES)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
@@ -350,7 +355,7 @@ pub fn check_generated_by(cfg: &Config, m: &Manifest) -> Result<()> {
 
 /// The first key (in `now`'s order) whose value differs between the recorded settings and
 /// `now`, as a sentence naming the key path.
-fn first_difference(
+pub(super) fn first_difference(
     recorded: &serde_json::Value,
     now: &serde_json::Value,
     path: &str,

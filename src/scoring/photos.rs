@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use image::{GrayImage, RgbImage};
 
 use crate::config::Config;
-use crate::dataset::layout::FOV_MASK;
+use crate::dataset::layout::{fov_mask, FOV_MASK};
 use crate::io::open_image;
 use crate::manifest::Manifest;
 use crate::recipe_config::FovSource;
@@ -136,17 +136,22 @@ pub struct Fov {
 }
 
 /// The DIARETDB1 fmask under `data`, when `evaluate.fov` may use one and it exists.
+///
+/// # Errors
+/// Something at the mask's path that is not a readable image (a folder, a dangling link, a
+/// corrupt file), named; in `fmask` mode also a missing mask.
 pub fn load_fmask(cfg: &Config) -> Result<Option<(PathBuf, GrayImage)>> {
     let path = cfg.data.join(FOV_MASK);
-    match cfg.evaluate.fov {
-        FovSource::Auto | FovSource::Fmask if path.is_file() => {
-            Ok(Some((path.clone(), open_image(&path)?.to_luma8())))
-        }
-        FovSource::Fmask => bail!(
+    if cfg.evaluate.fov == FovSource::None {
+        return Ok(None);
+    }
+    match fov_mask(&cfg.data)? {
+        Some(path) => Ok(Some((path.clone(), open_image(&path)?.to_luma8()))),
+        None if cfg.evaluate.fov == FovSource::Fmask => bail!(
             "`evaluate.fov` is `fmask` but {} does not exist",
             path.display()
         ),
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 
@@ -206,6 +211,24 @@ mod tests {
             (p[1].stem.as_str(), p[1].truth.clone()),
             ("b", t.join("b.png"))
         );
+    }
+
+    #[test]
+    fn an_fmask_that_is_not_a_file_is_an_error_not_an_estimate() {
+        let d = tempfile::tempdir().unwrap();
+        let fov = d.path().join(FOV_MASK);
+        std::fs::create_dir_all(&fov).unwrap();
+        let mut cfg = Config {
+            data: d.path().to_path_buf(),
+            ..Config::default()
+        };
+        let e = format!("{:#}", load_fmask(&cfg).unwrap_err());
+        assert!(
+            e.contains("fmask.tif") && e.contains("not a readable file"),
+            "{e}"
+        );
+        cfg.evaluate.fov = FovSource::None;
+        assert!(load_fmask(&cfg).unwrap().is_none());
     }
 
     #[test]

@@ -76,7 +76,9 @@ pub struct TrainState {
     pub history: Vec<EpochRow>,
 
     /// blake3 over the train and valid pairs the run trains on (names and bytes,
-    /// [`super::data::split_hash`]); `--resume` refuses when they changed.
+    /// [`super::data::split_hash`]); `--resume` refuses when they changed, `evaluate` refuses
+    /// to score the test split. Empty (not checked) in a checkpoint written without it.
+    #[serde(default)]
     pub data_hash: String,
 
     /// How the network saw its input ([`InputSettings`]); evaluate, infer and `--resume` refuse

@@ -348,6 +348,44 @@ fn synth_refuses_a_folder_that_is_not_empty_and_absurd_sizes() {
     assert!(!big.exists());
 }
 
+/// `synth` killed part-way leaves no tree that looks whole (`generate` refuses the folder), and
+/// a rerun starts over and gives the bytes of an uninterrupted run.
+#[test]
+fn synth_killed_part_way_leaves_no_usable_tree_and_reruns() {
+    let d = tempfile::tempdir().unwrap();
+    let (killed, clean) = (d.path().join("killed"), d.path().join("clean"));
+    let args = |out: &Path| {
+        vec![
+            "synth".to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--count".into(),
+            "4".into(),
+            "--size".into(),
+            "64x48".into(),
+        ]
+    };
+    let o = std::process::Command::new(pipeline_bin())
+        .args(args(&killed))
+        .env(fundus_pipeline::io::ABORT_ENV, "2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("synth: image written"));
+    assert!(!killed.join("resources").exists());
+    let cfg = write_config(d.path(), &killed, "");
+    let o = pipeline(&["generate", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success(), "generate used a half-written tree");
+    let a: Vec<String> = args(&killed);
+    pipeline_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let b: Vec<String> = args(&clean);
+    pipeline_ok(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        tree(&killed) == tree(&clean),
+        "the rerun differs from a clean synth"
+    );
+}
+
 /// A field-of-view mask path that is not a file is an error, as a corrupt mask is.
 #[test]
 fn field_of_view_mask_that_is_a_folder() {

@@ -108,12 +108,16 @@ pub fn write_synthetic(root: &Path, opts: &SynthOptions) -> Result<()> {
             opts.height
         );
     }
+    // The tree is written under `resources.partial/` (marked as ours) and renamed to
+    // `resources/` when complete: a killed `synth` leaves no tree that looks whole, and a rerun
+    // starts over.
+    let partial = root.join(PARTIAL);
+    let ours = partial.join(PARTIAL_MARKER).is_file();
     // A new tree only: writing into an existing one would overwrite photographs that the tool
     // did not make (or mix two synthetic sets).
-    if let Some(first) = std::fs::read_dir(root)
-        .ok()
-        .and_then(|mut entries| entries.next())
-    {
+    if let Some(first) = std::fs::read_dir(root).ok().and_then(|mut entries| {
+        entries.find(|e| !(ours && e.as_ref().is_ok_and(|e| e.file_name() == PARTIAL)))
+    }) {
         let first = first.map(|e| e.path().display().to_string());
         bail!(
             "{} is not empty (it holds {}): `synth` writes a new tree and never overwrites files; \
@@ -122,7 +126,17 @@ pub fn write_synthetic(root: &Path, opts: &SynthOptions) -> Result<()> {
             first.unwrap_or_else(|_| "unreadable entries".into())
         );
     }
-    let res = root.join("resources");
+    if ours {
+        fs::remove_dir_all(&partial)
+            .with_context(|| format!("cannot remove the interrupted tree {}", partial.display()))?;
+    }
+    fs::create_dir_all(&partial)
+        .with_context(|| format!("creating folder {}", partial.display()))?;
+    write_atomic(
+        &partial.join(PARTIAL_MARKER),
+        b"an unfinished `pipeline synth` tree\n",
+    )?;
+    let res = partial.clone();
     let img_dir = res.join(IMAGES_DIR);
     let mask_dir = res.join(MASK_DIR);
     let gt_dir = res.join(GROUNDTRUTH_DIR);
@@ -178,9 +192,20 @@ pub fn write_synthetic(root: &Path, opts: &SynthOptions) -> Result<()> {
                 ExtendedColorType::L8,
             )?;
         }
-        Ok(())
-    })
+        crate::io::commit_point("synth: image written");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    fs::remove_file(partial.join(PARTIAL_MARKER))
+        .with_context(|| format!("cannot finish {}", partial.display()))?;
+    let done = root.join("resources");
+    fs::rename(&partial, &done)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), done.display()))
 }
+
+/// Where `synth` writes its tree until it is complete (then renamed to `resources/`).
+const PARTIAL: &str = "resources.partial";
+/// The file that marks [`PARTIAL`] as an unfinished tree of `synth` (which a rerun may remove).
+const PARTIAL_MARKER: &str = ".pipeline-synth-partial";
 
 /// The official split restricted to images 1..=count, as (train, test) image numbers. When that
 /// leaves fewer than 2 training images or no test image, every third image (1, 4, 7, ..) trains

@@ -644,12 +644,17 @@ impl Config {
     /// The part of the config that decides the generated master set; its hash identifies a run's
     /// master files (a different hash in an existing output folder means a different run).
     pub fn generation_key(&self) -> String {
+        self.generation_settings().hash()
+    }
+
+    /// The settings whose hash is [`generation_key`](Self::generation_key) (seed, lesion,
+    /// `generate`), e.g. to name the first one that differs from a run's record.
+    pub fn generation_settings(&self) -> crate::manifest::GenerationKey<'_> {
         crate::manifest::GenerationKey {
             seed: self.seed,
             lesion: self.lesion,
             generate: &self.generate,
         }
-        .hash()
     }
 }
 

@@ -111,13 +111,14 @@ pub fn encode_png_rgb_with(img: &RgbImage, filter: PngFilter) -> Result<Vec<u8>>
 
 /// 1-channel 8-bit PNG with fast compression and the adaptive row filter.
 pub fn encode_png_gray(img: &GrayImage) -> Result<Vec<u8>> {
-    encode_png_gray_with(img, PngFilter::Adaptive)
-}
-
-/// 1-channel 8-bit PNG with fast compression and row filter `filter`.
-pub fn encode_png_gray_with(img: &GrayImage, filter: PngFilter) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();
-    encode_png_with(img.as_raw(), w, h, ExtendedColorType::L8, filter)
+    encode_png_with(
+        img.as_raw(),
+        w,
+        h,
+        ExtendedColorType::L8,
+        PngFilter::Adaptive,
+    )
 }
 
 /// PNG of raw 8-bit samples (`color` says which) with fast compression, adaptive row filter.

@@ -147,11 +147,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     let mut owned = crate::owned::Owned::open(&run_dir)?;
     owned.check(&OWN_FILES)?;
     let prior = Prior::read(&run)?;
-    let now = serde_json::to_value(crate::manifest::GenerationKey {
-        seed: cfg.seed,
-        lesion: cfg.lesion,
-        generate: &cfg.generate,
-    })?;
+    let now = serde_json::to_value(cfg.generation_settings())?;
     prior.check(&run, &key, &now, opts.force)?;
     owned.claim(&OWN_FILES)?;
     std::fs::create_dir_all(&run_dir)
@@ -302,7 +298,7 @@ fn outputs_of_the_replaced_set(run: &RunLayout, old: &Manifest) -> Option<String
             "{} were made from the set this generation replaced (generation key {}); they \
              describe that set until `pipeline split`, `stats` and `train` run again",
             present.join(", "),
-            &old.generation_key[..old.generation_key.len().min(12)]
+            journal::short(&old.generation_key)
         )
     })
 }
@@ -335,11 +331,7 @@ pub fn require_generated_by(cfg: &Config) -> Result<Manifest> {
 pub fn check_generated_by(cfg: &Config, m: &Manifest) -> Result<()> {
     let run = cfg.layout();
     if m.generation_key != cfg.generation_key() {
-        let now = serde_json::to_value(crate::manifest::GenerationKey {
-            seed: cfg.seed,
-            lesion: cfg.lesion,
-            generate: &cfg.generate,
-        })?;
+        let now = serde_json::to_value(cfg.generation_settings())?;
         let recorded = serde_json::to_value(&m.generation)?;
         let diff = first_difference(&recorded, &now, "")
             .unwrap_or_else(|| "a generation setting differs".to_string());

@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-libtorch.sh
+scripts/setup-nasm.sh
 cargo build --release
 bin=target/release/pipeline
 if compgen -G "diaretdb1_v_1_1/resources/images/ddb1_fundusimages/*.png" >/dev/null; then

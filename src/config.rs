@@ -648,12 +648,14 @@ impl Config {
     }
 
     /// The settings whose hash is [`generation_key`](Self::generation_key) (seed, lesion,
-    /// `generate`), e.g. to name the first one that differs from a run's record.
+    /// `generate`, the JPEG encoder of JPEG output), e.g. to name the first one that differs from a run's record.
     pub fn generation_settings(&self) -> crate::manifest::GenerationKey<'_> {
         crate::manifest::GenerationKey {
             seed: self.seed,
             lesion: self.lesion,
             generate: &self.generate,
+            jpeg_encoder: (self.generate.image_format == ImageFormat::Jpeg)
+                .then_some(crate::io::JPEG_ENCODER),
         }
     }
 }
@@ -796,6 +798,28 @@ mod tests {
         let c = parse("{}").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.generate.variants.rotate.len(), 17);
+    }
+
+    /// The JPEG encoder is part of a JPEG run's key (another encoder makes other bytes), and PNG
+    /// keys are the hash of seed, lesion and `generate` alone, as before it was recorded.
+    #[test]
+    fn jpeg_encoder_is_in_the_key_of_jpeg_runs_only() {
+        let png = parse("{}").unwrap();
+        let legacy = |c: &Config| {
+            let settings = serde_json::json!({
+                "seed": c.seed, "lesion": c.lesion, "generate": c.generate,
+            });
+            blake3::hash(serde_json::to_string(&settings).unwrap().as_bytes())
+                .to_hex()
+                .to_string()
+        };
+        assert_eq!(png.generation_key(), legacy(&png));
+        let jpeg = parse(r#"{"generate": {"image_format": "jpeg"}}"#).unwrap();
+        assert_eq!(
+            jpeg.generation_settings().jpeg_encoder,
+            Some(crate::io::JPEG_ENCODER)
+        );
+        assert_ne!(jpeg.generation_key(), legacy(&jpeg));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! File output: encoders (fast PNG; JPEG through the `jpeg-encoder` crate, whose AVX2 colour
-//! conversion and integer DCT give the same bytes as its portable code) and atomic writes. Every file the tool writes goes to a
-//! temporary name in the target folder and is renamed into place, so a crash never leaves a
-//! half-written file under a real name.
+//! File output: encoders (fast PNG through the `png` crate's fdeflate; JPEG through
+//! libjpeg-turbo, [`encode_jpeg_rgb`]) and atomic writes. Every
+//! file the tool writes goes to a temporary name in the target folder and is renamed into place,
+//! so a crash never leaves a half-written file under a real name; the one exception is a file
+//! inside a folder that is itself the temporary and is renamed whole ([`write_in_staging`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -36,6 +37,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Writes `bytes` to `path` in place, without a temporary name: only for files inside a folder
+/// that is itself the temporary (the generator's `staging/`, swapped in whole after every file in
+/// it has been checked against the journal; see [`crate::generate`]). A file cut short by a kill
+/// is never recorded, so it is rewritten or removed before the swap. The open does not follow a
+/// symbolic link at `path` (it fails instead), so the write never lands outside the folder.
+///
+/// Errors: the file cannot be created or written (the message names it).
+pub fn write_in_staging(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// For writers that insist on writing a path themselves (tch's safetensors writer): calls `write`
@@ -150,22 +173,41 @@ pub fn encode_png_with(
     Ok(out)
 }
 
-/// RGB JPEG at `quality` (1..=100; clamped), baseline; chroma 4:4:4 from quality 90 up, 4:2:0
-/// below (the `jpeg-encoder` crate's default, which is several times faster than the `image`
-/// crate's encoder: docs/benchmarks.md).
+/// What encodes JPEG images, as recorded in the generation key of a JPEG run (its bytes are
+/// part of the set; PNG runs record nothing): libjpeg-turbo's baseline coder as vendored by the
+/// `mozjpeg-sys` crate, in its fastest profile (libjpeg v6 defaults, standard Huffman tables,
+/// Annex K quantization tables scaled by the quality).
+pub const JPEG_ENCODER: &str = "libjpeg-turbo (mozjpeg-sys 2, fastest profile)";
+
+/// Baseline JPEG of an RGB image at `quality` (1..=100, libjpeg's scaling of the Annex K
+/// tables), via libjpeg-turbo ([`JPEG_ENCODER`]): integer DCT, standard Huffman tables. Chroma
+/// is kept at full resolution (4:4:4) from quality 90 up (lesions are red on orange: colour
+/// edges matter at the qualities chosen for training data) and subsampled 2x2 (4:2:0) below.
+/// libjpeg-turbo's SIMD and C paths give the same bytes, so the output does not depend on the
+/// CPU or on whether the build found `nasm`.
 ///
-/// # Errors
-/// If a side exceeds 65535 pixels (the JPEG limit).
+/// Errors: a side above 65500 pixels (JPEG's limit) or an encoder failure.
 pub fn encode_jpeg_rgb(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();
-    let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
-        anyhow::bail!("JPEG encoding failed: {w}x{h} is larger than JPEG's 65535x65535");
+    anyhow::ensure!(
+        w.max(h) <= 65500,
+        "JPEG encoding failed: {w}x{h} is larger than JPEG's 65500x65500"
+    );
+    let encode = || -> std::io::Result<Vec<u8>> {
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_fastest_defaults();
+        c.set_size(w as usize, h as usize);
+        c.set_quality(f32::from(quality.clamp(1, 100)));
+        let chroma = if quality >= 90 { (1, 1) } else { (2, 2) };
+        c.set_chroma_sampling_pixel_sizes(chroma, chroma);
+        let mut c = c.start_compress(Vec::with_capacity(img.as_raw().len() / 4))?;
+        c.write_scanlines(img.as_raw())?;
+        c.finish()
     };
-    let mut out = Vec::with_capacity(img.as_raw().len() / 4);
-    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
-        .encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
-        .context("JPEG encoding failed")?;
-    Ok(out)
+    // The crate reports libjpeg's errors by unwinding (its documented contract).
+    std::panic::catch_unwind(encode)
+        .map_err(|_| anyhow::anyhow!("JPEG encoding failed (libjpeg error)"))?
+        .context("JPEG encoding failed")
 }
 
 /// Decodes an image file, with an error that names the file and says what is wrong with it.

@@ -49,10 +49,15 @@ pub struct Generation {
     pub generate: GenerateConfig,
     /// Variant names (`orig`, `rotate_20`, ...) in the order of the plan.
     pub variants: Vec<String>,
+    /// The JPEG encoder of a JPEG run ([`crate::io::JPEG_ENCODER`]); absent for PNG runs and in
+    /// manifests written before the encoder was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jpeg_encoder: Option<String>,
 }
 
-/// The settings whose compact JSON's blake3 is the generation key: seed, lesion and the
-/// `generate` section, in this order (the key of existing run folders depends on it).
+/// The settings whose compact JSON's blake3 is the generation key: seed, lesion, the `generate`
+/// section and, for JPEG output only, the JPEG encoder, in this order (the key of existing run
+/// folders depends on it: PNG keys are the same as before the encoder was recorded).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct GenerationKey<'a> {
     /// The config's `seed`.
@@ -61,6 +66,10 @@ pub struct GenerationKey<'a> {
     pub lesion: Lesion,
     /// The config's `generate` section.
     pub generate: &'a GenerateConfig,
+    /// [`crate::io::JPEG_ENCODER`] when `generate.image_format` is JPEG: another encoder makes
+    /// other bytes from the same settings, so it is part of what identifies the set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jpeg_encoder: Option<&'static str>,
 }
 
 impl GenerationKey<'_> {

@@ -300,3 +300,79 @@ fn png_filter_keeps_the_pixels_and_is_part_of_the_generation_key() {
         "{e}"
     );
 }
+
+/// Chroma sampling factors (h, v) of each component, from a baseline JPEG's SOF0 segment.
+fn jpeg_sampling(bytes: &[u8]) -> Vec<(u8, u8)> {
+    let sof = bytes
+        .windows(2)
+        .position(|m| m == [0xFF, 0xC0])
+        .expect("a baseline SOF0 marker");
+    let n = bytes[sof + 9] as usize;
+    (0..n)
+        .map(|i| {
+            let f = bytes[sof + 11 + 3 * i];
+            (f >> 4, f & 15)
+        })
+        .collect()
+}
+
+/// JPEG output: libjpeg-turbo baseline, full chroma at quality 90 and up (4:2:0 below), close
+/// to the PNG run's pixels, the same bytes with 1 and 4 threads, and its encoder recorded in the
+/// manifest and the generation key (a PNG run records none).
+#[test]
+fn jpeg_output_is_deterministic_full_chroma_and_its_encoder_is_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 2, 100, 80);
+    let run = |name: &str, generate: &str, threads: &str| {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = format!(
+            r#"{{ "name": "t", "seed": 5, "data": "{}", "out": "{}",
+  "generate": {{ {generate}"size": 64, "variants": {{ "rotate": [30], "elastic": [{{"alpha": 60, "sigma": 4}}] }} }} }}"#,
+            data.display(),
+            dir.join("out").display()
+        );
+        let cfg = config(&dir, "cfg", &json);
+        pipeline_ok(&[
+            "generate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--threads",
+            threads,
+        ]);
+        (tree(&dir.join("out/t/master/images")), manifest(&dir))
+    };
+    let (png, png_manifest) = run("png", "", "1");
+    let q95 = r#""image_format": "jpeg", "jpeg_quality": 95, "#;
+    let (jpeg, jpeg_manifest) = run("jpeg1", q95, "1");
+    let (jpeg4, _) = run("jpeg4", q95, "4");
+    assert!(jpeg == jpeg4, "1 and 4 threads give different JPEG files");
+    assert_eq!(jpeg.len(), png.len());
+    for ((nj, bj), (_, bp)) in jpeg.iter().zip(&png) {
+        assert!(nj.ends_with(".jpg"), "{nj}");
+        assert_eq!(jpeg_sampling(bj), vec![(1, 1); 3], "{nj}: not 4:4:4");
+        let j = image::load_from_memory(bj).unwrap().to_rgb8();
+        let p = image::load_from_memory(bp).unwrap().to_rgb8();
+        let err: f64 = j
+            .as_raw()
+            .iter()
+            .zip(p.as_raw())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / p.as_raw().len() as f64;
+        assert!(err < 3.0, "{nj}: mean error {err} levels against the PNG");
+    }
+    let (jpeg80, _) = run(
+        "jpeg80",
+        r#""image_format": "jpeg", "jpeg_quality": 80, "#,
+        "1",
+    );
+    assert_eq!(jpeg_sampling(&jpeg80[0].1), vec![(2, 2), (1, 1), (1, 1)]);
+    let encoder = &jpeg_manifest["generation"]["jpeg_encoder"];
+    assert!(
+        encoder.as_str().unwrap().starts_with("libjpeg-turbo"),
+        "{encoder}"
+    );
+    assert!(png_manifest["generation"].get("jpeg_encoder").is_none());
+}

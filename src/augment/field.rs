@@ -64,17 +64,7 @@ pub fn distortion(
 ) -> Displacement {
     let noise: Vec<f64> = (0..w * h).map(|_| rng.sample(StandardNormal)).collect();
     let s = gaussian_blur(&noise, w, h, sigma);
-    let at = |x: usize, y: usize| s[y * w + x];
-    let mut gx = vec![0f64; w * h];
-    let mut gy = vec![0f64; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            let (xl, xr) = (x.saturating_sub(1), (x + 1).min(w - 1));
-            let (yu, yd) = (y.saturating_sub(1), (y + 1).min(h - 1));
-            gx[y * w + x] = (at(xr, y) - at(xl, y)) / (xr - xl).max(1) as f64;
-            gy[y * w + x] = (at(x, yd) - at(x, yu)) / (yd - yu).max(1) as f64;
-        }
-    }
+    let (gx, gy) = gradient(&s, w, h);
     let scale = |g: Vec<f64>| -> Vec<f32> {
         let m = g.iter().fold(0f64, |a, v| a.max(v.abs()));
         let k = if m > 0.0 { max_disp / m } else { 0.0 };
@@ -89,6 +79,41 @@ pub fn distortion(
     }
 }
 
+/// Gradient (d/dx, d/dy) of a w x h field (row-major) by central differences inside and
+/// one-sided differences at the edges (0 along a side of one pixel).
+fn gradient(s: &[f64], w: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
+    // The step is 2 or 1 pixels, so dividing by it is multiplying by 0.5 or 1: the same bits,
+    // and the inner loops vectorize.
+    let neighbours = |i: usize, n: usize| {
+        let (lo, hi) = (i.saturating_sub(1), (i + 1).min(n - 1));
+        (lo, hi, if hi - lo == 2 { 0.5 } else { 1.0 })
+    };
+    let mut gx = vec![0f64; w * h];
+    let mut gy = vec![0f64; w * h];
+    for (y, (gx, gy)) in gx
+        .chunks_exact_mut(w)
+        .zip(gy.chunks_exact_mut(w))
+        .enumerate()
+    {
+        let row = &s[y * w..(y + 1) * w];
+        let (yu, yd, ky) = neighbours(y, h);
+        let (up, down) = (&s[yu * w..(yu + 1) * w], &s[yd * w..(yd + 1) * w]);
+        for ((g, d), u) in gy.iter_mut().zip(down).zip(up) {
+            *g = (d - u) * ky;
+        }
+        for x in [0, w - 1] {
+            let (xl, xr, kx) = neighbours(x, w);
+            gx[x] = (row[xr] - row[xl]) * kx;
+        }
+        if w > 2 {
+            for ((g, r), l) in gx[1..w - 1].iter_mut().zip(&row[2..]).zip(row) {
+                *g = (r - l) * 0.5;
+            }
+        }
+    }
+    (gx, gy)
+}
+
 /// 2-D gaussian smoothing of a w x h image (row-major), zero outside.
 ///
 /// The recursive filter of Young & van Vliet (1995) along x, then along y. Both passes work on
@@ -96,8 +121,30 @@ pub fn distortion(
 /// without transposing the image: along x on blocks of [`ROWS`] rows (one lane per row), along y
 /// on strips of [`COLUMNS`] columns (one lane per column). Every line sees exactly the recursion
 /// of [`blur_line`], in the same order of operations, so the result does not depend on this
-/// layout (the test `blur_is_the_line_recursion_along_x_then_y`).
+/// layout (the test `blur_is_the_line_recursion_along_x_then_y`), nor on the CPU: where it has
+/// AVX2 the same code runs in wider registers, with separate multiplies and adds (no fused
+/// multiply-add, which would round differently).
 pub fn gaussian_blur(src: &[f64], w: usize, h: usize, sigma: f64) -> Vec<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { gaussian_blur_avx2(src, w, h, sigma) };
+    }
+    gaussian_blur_lanes(src, w, h, sigma)
+}
+
+/// [`gaussian_blur_lanes`] compiled for AVX2 (without FMA: same bits).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gaussian_blur_avx2(src: &[f64], w: usize, h: usize, sigma: f64) -> Vec<f64> {
+    gaussian_blur_lanes(src, w, h, sigma)
+}
+
+#[inline(always)]
+fn gaussian_blur_lanes(src: &[f64], w: usize, h: usize, sigma: f64) -> Vec<f64> {
     let c = YvvCoefficients::new(sigma);
     let pad = (4.0 * sigma).ceil() as usize;
     blur_columns(&blur_rows(src, w, h, pad, &c), w, h, pad, &c)
@@ -107,50 +154,63 @@ pub fn gaussian_blur(src: &[f64], w: usize, h: usize, sigma: f64) -> Vec<f64> {
 const ROWS: usize = 16;
 /// Columns filtered together by [`blur_columns`].
 const COLUMNS: usize = 64;
+/// Zero lanes kept before and after a line's values: the recursion's state at either end.
+const STATE: usize = 3;
 
-/// One step of the recursion in every lane: `b * x + a0 * s1 + a1 * s2 + a2 * s3`, the
-/// expression (and order of operations) of [`blur_line`].
+/// One step of the recursion in every lane, in place: `line[i] = b * x + a0 * s1 + a1 * s2 +
+/// a2 * s3`, where `x` is `line[i]` itself (the input of the forward pass, or the forward result
+/// for the backward pass) and s1..s3 are the three previous outputs in the pass's direction,
+/// `line[i -+ 1..=3]`; the expression (and order of operations) of [`blur_line`]. Working in
+/// place keeps the state in the buffer instead of copying it from step to step.
 #[inline(always)]
-fn step<const L: usize>(
-    c: &YvvCoefficients,
-    x: &[f64; L],
-    s1: &[f64; L],
-    s2: &[f64; L],
-    s3: &[f64; L],
-) -> [f64; L] {
-    std::array::from_fn(|r| c.b * x[r] + c.a[0] * s1[r] + c.a[1] * s2[r] + c.a[2] * s3[r])
+fn step_at<const L: usize>(c: &YvvCoefficients, line: &mut [[f64; L]], i: usize, forward: bool) {
+    let (x, s1, s2, s3) = if forward {
+        let (before, rest) = line.split_at_mut(i);
+        (&mut rest[0], &before[i - 1], &before[i - 2], &before[i - 3])
+    } else {
+        let (upto, after) = line.split_at_mut(i + 1);
+        (&mut upto[i], &after[0], &after[1], &after[2])
+    };
+    for r in 0..L {
+        x[r] = c.b * x[r] + c.a[0] * s1[r] + c.a[1] * s2[r] + c.a[2] * s3[r];
+    }
+}
+
+/// Forward then backward recursion over `line[STATE..STATE + n]`, whose values are the input;
+/// `line` has [`STATE`] zero entries on either side.
+#[inline(always)]
+fn filter_lanes<const L: usize>(c: &YvvCoefficients, line: &mut [[f64; L]]) {
+    let n = line.len() - 2 * STATE;
+    for i in STATE..STATE + n {
+        step_at(c, line, i, true);
+    }
+    for i in (STATE..STATE + n).rev() {
+        step_at(c, line, i, false);
+    }
 }
 
 /// Filters every row of a w x h image followed by `pad` zeros (forward, then backward), like
 /// [`blur_line`] does for one line, [`ROWS`] rows at a time.
+#[inline(always)]
 fn blur_rows(src: &[f64], w: usize, h: usize, pad: usize, c: &YvvCoefficients) -> Vec<f64> {
     let n = w + pad;
     let mut out = vec![0f64; w * h];
-    let mut fwd = vec![[0f64; ROWS]; n];
+    let mut line = vec![[0f64; ROWS]; n + 2 * STATE];
     for y0 in (0..h).step_by(ROWS) {
         let rows = (h - y0).min(ROWS);
-        let zero = [0f64; ROWS];
-        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
-        for (x, f) in fwd.iter_mut().enumerate() {
-            let mut input = zero;
-            if x < w {
-                for (r, v) in input.iter_mut().take(rows).enumerate() {
-                    *v = src[(y0 + r) * w + x];
-                }
+        line.fill([0.0; ROWS]);
+        for r in 0..rows {
+            let row = &src[(y0 + r) * w..(y0 + r + 1) * w];
+            for (l, v) in line[STATE..STATE + w].iter_mut().zip(row) {
+                l[r] = *v;
             }
-            let s0 = step(c, &input, &s1, &s2, &s3);
-            *f = s0;
-            (s3, s2, s1) = (s2, s1, s0);
         }
-        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
-        for (x, f) in fwd.iter().enumerate().rev() {
-            let s0 = step(c, f, &s1, &s2, &s3);
-            if x < w {
-                for (r, v) in s0.iter().take(rows).enumerate() {
-                    out[(y0 + r) * w + x] = *v;
-                }
+        filter_lanes(c, &mut line);
+        for r in 0..rows {
+            let row = &mut out[(y0 + r) * w..(y0 + r + 1) * w];
+            for (v, l) in row.iter_mut().zip(&line[STATE..STATE + w]) {
+                *v = l[r];
             }
-            (s3, s2, s1) = (s2, s1, s0);
         }
     }
     out
@@ -159,30 +219,20 @@ fn blur_rows(src: &[f64], w: usize, h: usize, pad: usize, c: &YvvCoefficients) -
 /// Filters every column of a w x h image followed by `pad` zeros (forward, then backward), like
 /// [`blur_line`] does for one line, on strips of [`COLUMNS`] columns (the last strip may be
 /// narrower: its spare lanes filter zeros).
+#[inline(always)]
 fn blur_columns(src: &[f64], w: usize, h: usize, pad: usize, c: &YvvCoefficients) -> Vec<f64> {
     let n = h + pad;
     let mut out = vec![0f64; w * h];
-    let mut fwd = vec![[0f64; COLUMNS]; n];
+    let mut line = vec![[0f64; COLUMNS]; n + 2 * STATE];
     for x0 in (0..w).step_by(COLUMNS) {
         let cols = (w - x0).min(COLUMNS);
-        let zero = [0f64; COLUMNS];
-        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
-        for (y, f) in fwd.iter_mut().enumerate() {
-            let mut input = zero;
-            if y < h {
-                input[..cols].copy_from_slice(&src[y * w + x0..y * w + x0 + cols]);
-            }
-            let s0 = step(c, &input, &s1, &s2, &s3);
-            *f = s0;
-            (s3, s2, s1) = (s2, s1, s0);
+        line.fill([0.0; COLUMNS]);
+        for (y, l) in line[STATE..STATE + h].iter_mut().enumerate() {
+            l[..cols].copy_from_slice(&src[y * w + x0..y * w + x0 + cols]);
         }
-        let (mut s1, mut s2, mut s3) = (zero, zero, zero);
-        for (y, f) in fwd.iter().enumerate().rev() {
-            let s0 = step(c, f, &s1, &s2, &s3);
-            if y < h {
-                out[y * w + x0..y * w + x0 + cols].copy_from_slice(&s0[..cols]);
-            }
-            (s3, s2, s1) = (s2, s1, s0);
+        filter_lanes(c, &mut line);
+        for (y, l) in line[STATE..STATE + h].iter().enumerate() {
+            out[y * w + x0..y * w + x0 + cols].copy_from_slice(&l[..cols]);
         }
     }
     out
@@ -328,7 +378,12 @@ mod tests {
     /// then column by column.
     #[test]
     fn blur_is_the_line_recursion_along_x_then_y() {
-        let (w, h, sigma) = (37, 23, 3.0);
+        for (w, h, sigma) in [(37, 23, 3.0), (150, 40, 2.0)] {
+            line_recursion_case(w, h, sigma);
+        }
+    }
+
+    fn line_recursion_case(w: usize, h: usize, sigma: f64) {
         let mut rng = rng_for(9, "s", "lines");
         let src: Vec<f64> = (0..w * h).map(|_| rng.random_range(-1.0..1.0)).collect();
         let c = YvvCoefficients::new(sigma);
@@ -352,6 +407,36 @@ mod tests {
             .iter()
             .zip(&want)
             .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    /// The vectorized gradient has the bits of the per-pixel formula it replaced (step 1 or 2,
+    /// divided), on every edge case of size.
+    #[test]
+    fn gradient_is_the_per_pixel_difference_quotient() {
+        let mut rng = rng_for(3, "s", "gradient");
+        for (w, h) in [(1, 1), (1, 5), (5, 1), (2, 3), (3, 2), (17, 9)] {
+            let s: Vec<f64> = (0..w * h).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let at = |x: usize, y: usize| s[y * w + x];
+            let (gx, gy) = gradient(&s, w, h);
+            for y in 0..h {
+                for x in 0..w {
+                    let (xl, xr) = (x.saturating_sub(1), (x + 1).min(w - 1));
+                    let (yu, yd) = (y.saturating_sub(1), (y + 1).min(h - 1));
+                    let want_x = (at(xr, y) - at(xl, y)) / (xr - xl).max(1) as f64;
+                    let want_y = (at(x, yd) - at(x, yu)) / (yd - yu).max(1) as f64;
+                    assert_eq!(
+                        gx[y * w + x].to_bits(),
+                        want_x.to_bits(),
+                        "{w}x{h} at {x},{y}"
+                    );
+                    assert_eq!(
+                        gy[y * w + x].to_bits(),
+                        want_y.to_bits(),
+                        "{w}x{h} at {x},{y}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

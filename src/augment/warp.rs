@@ -209,29 +209,39 @@ impl SampleMap {
             for (t, &[sx, sy]) in taps.iter_mut().zip(&coords) {
                 *t = Tap::new(sx, sy, w, h);
             }
-            for t in &taps {
-                let kind = if (t.x0 as u32) < w - 1 && (t.y0 as u32) < h - 1 {
-                    out.inside.push(InsideTap {
-                        index: t.y0 as u32 * w + t.x0 as u32,
-                        fx: t.fx,
-                        fy: t.fy,
-                    });
-                    RunKind::Inside
+            // Inside taps come in stretches (a warp's inside is a connected region): each is
+            // copied in one go; the others are classified one by one.
+            let inside = |t: &Tap| (t.x0 as u32) < w - 1 && (t.y0 as u32) < h - 1;
+            let mut x = 0;
+            while x < wu {
+                let (kind, len) = if inside(&taps[x]) {
+                    let len = taps[x..].iter().position(|t| !inside(t)).unwrap_or(wu - x);
+                    out.inside
+                        .extend(taps[x..x + len].iter().map(|t| InsideTap {
+                            index: t.y0 as u32 * w + t.x0 as u32,
+                            fx: t.fx,
+                            fy: t.fy,
+                        }));
+                    (RunKind::Inside, len)
                 } else {
-                    let kind = out.classify(t);
+                    let kind = out.classify(&taps[x]);
                     if kind == RunKind::Edge {
-                        out.edge.push(*t);
+                        out.edge.push(taps[x]);
                     }
-                    kind
+                    (kind, 1)
                 };
                 if kind == run.kind {
-                    run.len += 1;
+                    run.len += len as u32;
                 } else {
                     if run.len > 0 {
                         out.runs.push(run);
                     }
-                    run = Run { kind, len: 1 };
+                    run = Run {
+                        kind,
+                        len: len as u32,
+                    };
                 }
+                x += len;
             }
         }
         if run.len > 0 {

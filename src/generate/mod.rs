@@ -37,8 +37,8 @@ use crate::augment::{plan, Operation, Packed, Variant};
 use crate::config::{Config, ImageFormat};
 use crate::dataset::layout::{scan, Problem, Source};
 use crate::io::{
-    commit_point, encode_jpeg_rgb, encode_png_gray, encode_png_rgb_with, hash_hex, write_atomic,
-    write_json,
+    commit_point, encode_jpeg_rgb, encode_png_gray, encode_png_rgb_with, hash_hex,
+    write_in_staging, write_json,
 };
 use crate::manifest::{rel_path, Generation, Manifest, PairRecord, SourceRecord, SCHEMA};
 use crate::prep::{binarize, prepare, read_truth};
@@ -261,6 +261,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
             lesion: cfg.lesion,
             generate: cfg.generate.clone(),
             variants: header.variants,
+            jpeg_encoder: cfg.generation_settings().jpeg_encoder.map(str::to_string),
         },
         sources,
         pairs,
@@ -531,8 +532,9 @@ impl Ctx<'_> {
         let mask_bytes = encode_png_gray(&out.mask)?;
         let image = format!("master/images/{name}.{ext}");
         let mask = format!("master/masks/{name}.png");
-        write_atomic(&staged(self.run, &image), &img_bytes)?;
-        write_atomic(&staged(self.run, &mask), &mask_bytes)?;
+        // staging/ is the temporary of the whole set (module docs): no per-file rename.
+        write_in_staging(&staged(self.run, &image), &img_bytes)?;
+        write_in_staging(&staged(self.run, &mask), &mask_bytes)?;
         Ok(PairRecord {
             name,
             source: stem.to_string(),
@@ -542,7 +544,7 @@ impl Ctx<'_> {
             mask,
             image_hash: hash_hex(&img_bytes),
             mask_hash: hash_hex(&mask_bytes),
-            foreground: out.mask.pixels().filter(|p| p[0] != 0).count() as u64,
+            foreground: out.mask.as_raw().iter().filter(|&&m| m != 0).count() as u64,
             split: None,
         })
     }

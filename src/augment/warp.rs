@@ -151,8 +151,10 @@ struct Run {
 }
 
 /// Top-left tap of an [`RunKind::Inside`] pixel as an index into the source (y0 * w + x0), and
-/// its fractions.
+/// its fractions. `repr(C)`: the AVX2 kernel reads four taps (32 bytes) at once, with `fx` and
+/// `fy` at bytes 4 and 5 of each.
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 struct InsideTap {
     index: u32,
     fx: u8,
@@ -376,10 +378,16 @@ impl SampleMap {
     }
 }
 
-/// Bilinear gather of pixels whose four taps are inside the source: SSE4.1 on the packed
-/// layout where the CPU has it, the portable loop otherwise. Both compute the same integers as
-/// [`sample_general`].
+/// Bilinear gather of pixels whose four taps are inside the source: AVX2 or SSE4.1 on the
+/// packed layout where the CPU has them, the portable loop otherwise. All compute the same
+/// integers as [`sample_general`].
 fn sample_inside(src: &Packed, taps: &[InsideTap], img: &mut [u8], msk: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { x86::sample_inside_avx2(src, taps, img, msk) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sse4.1") {
         // SAFETY: the CPU supports SSE4.1 (checked just above).
@@ -435,75 +443,8 @@ fn sample_mask(src: &Pair, t: &InsideTap) -> u8 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{InsideTap, Packed, HALF, ONE, SHIFT};
-    use std::arch::x86_64::*;
-
-    /// [`super::sample_inside`] on the packed layout, one pixel's R, G, B and mask bit in the
-    /// four lanes of an SSE register: the vertical interpolation of the two columns with one
-    /// `madd` each (top/bottom pairs times (ONE - fy, fy)), then the horizontal one in 32-bit
-    /// lanes. Same integers as the scalar form; the mask lane's rounded value is 1 exactly when
-    /// the bilinear {0,1} field is at least 0.5 (the sum is at most ONE * ONE, so it rounds to 0
-    /// or 1), which is [`super::sample_mask`]'s rule.
-    ///
-    /// # Safety
-    /// The CPU must support SSE4.1. Every tap must be an inside tap of `src` (its pixel and the
-    /// pixels right, below and below-right of it exist), and `img` / `msk` must hold 3 / 1 bytes
-    /// per tap.
-    #[target_feature(enable = "sse4.1")]
-    pub(super) unsafe fn sample_inside_sse41(
-        src: &Packed,
-        taps: &[InsideTap],
-        img: &mut [u8],
-        msk: &mut [u8],
-    ) {
-        assert!(img.len() == taps.len() * 3 && msk.len() == taps.len());
-        let w = src.pair.image.width() as usize;
-        let (h, rgbm) = (src.pair.image.height() as usize, src.rgbm.as_ptr());
-        let zero = _mm_setzero_si128();
-        let half = _mm_set1_epi32(HALF);
-        let (out, n) = (img.as_mut_ptr(), taps.len());
-        for (i, (t, m)) in taps.iter().zip(msk.iter_mut()).enumerate() {
-            let p = t.index as usize;
-            debug_assert!(p % w < w - 1 && p / w < h - 1);
-            // SAFETY: an inside tap's pixel has a right neighbour in its row and a row below, so
-            // both 8-byte loads (two packed pixels each) are within `rgbm` (unaligned loads).
-            let (top, bot) = unsafe {
-                (
-                    _mm_loadl_epi64(rgbm.add(p * 4).cast()),
-                    _mm_loadl_epi64(rgbm.add((p + w) * 4).cast()),
-                )
-            };
-            let (fx, fy) = (i32::from(t.fx), i32::from(t.fy));
-            // u16 lanes: [r0 g0 b0 m0 r1 g1 b1 m1] of the top row, likewise the bottom row.
-            let top = _mm_unpacklo_epi8(top, zero);
-            let bot = _mm_unpacklo_epi8(bot, zero);
-            // Interleaved top/bottom: left column [r R g G b B m M], right column likewise.
-            let left = _mm_unpacklo_epi16(top, bot);
-            let right = _mm_unpackhi_epi16(top, bot);
-            let wy = _mm_set1_epi32((fy << 16) | (ONE - fy));
-            let left = _mm_madd_epi16(left, wy);
-            let right = _mm_madd_epi16(right, wy);
-            let v = _mm_add_epi32(
-                _mm_mullo_epi32(left, _mm_set1_epi32(ONE - fx)),
-                _mm_mullo_epi32(right, _mm_set1_epi32(fx)),
-            );
-            let v = _mm_srli_epi32::<{ SHIFT as i32 }>(_mm_add_epi32(v, half));
-            let v = _mm_packus_epi16(_mm_packs_epi32(v, zero), zero);
-            let rgbm = _mm_cvtsi128_si32(v) as u32;
-            // The mask lane is 0 or 1: 0 or 255.
-            *m = 0u8.wrapping_sub((rgbm >> 24) as u8);
-            if i + 1 < n {
-                // SAFETY: pixel i's 3 bytes and the next pixel's first byte (rewritten by the
-                // next pixel) are within `img`, which holds 3 bytes per tap.
-                unsafe { out.add(i * 3).cast::<u32>().write_unaligned(rgbm) };
-            } else {
-                let b = rgbm.to_le_bytes();
-                img[i * 3..i * 3 + 3].copy_from_slice(&b[..3]);
-            }
-        }
-    }
-}
+#[path = "warp_x86.rs"]
+mod x86;
 
 /// One output pixel, any tap position: taps outside read the fill colour (mask 0) or the nearest
 /// edge pixel, as `border` says; taps with zero weight are not read.
@@ -640,27 +581,62 @@ mod tests {
                 let m = SampleMap::new(48, 48, map, border);
                 let general = m.apply_general(&p);
                 assert_eq!(m.apply(&p), general, "{border:?}");
-                // The portable loop too (apply takes the SIMD one where the CPU has it).
-                let mut img = vec![0u8; 48 * 48 * 3];
-                let mut msk = vec![0u8; 48 * 48];
-                let (mut at, mut k) = (0, 0);
-                for r in &m.runs {
-                    let len = r.len as usize;
-                    if r.kind == RunKind::Inside {
-                        sample_inside_scalar(
-                            &p,
-                            &m.inside[k..k + len],
-                            &mut img[at * 3..(at + len) * 3],
-                            &mut msk[at..at + len],
-                        );
-                        assert_eq!(
-                            img[at * 3..(at + len) * 3],
-                            general.image.as_raw()[at * 3..(at + len) * 3]
-                        );
-                        assert_eq!(msk[at..at + len], general.mask.as_raw()[at..at + len]);
-                        k += len;
+                // Every kernel of the inside runs (apply takes the widest the CPU has).
+                let packed = Packed::new(&p);
+                type Kernel<'a> = Box<dyn Fn(&[InsideTap], &mut [u8], &mut [u8]) + 'a>;
+                let mut kernels: Vec<(&str, Kernel)> = vec![(
+                    "portable",
+                    Box::new(|t: &[InsideTap], i: &mut [u8], k: &mut [u8]| {
+                        sample_inside_scalar(&p, t, i, k)
+                    }),
+                )];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("sse4.1") {
+                        kernels.push((
+                            "sse4.1",
+                            // SAFETY: the CPU supports SSE4.1; the taps are inside taps.
+                            Box::new(|t: &[InsideTap], i: &mut [u8], k: &mut [u8]| unsafe {
+                                x86::sample_inside_sse41(&packed, t, i, k)
+                            }),
+                        ));
                     }
-                    at += len;
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        kernels.push((
+                            "avx2",
+                            // SAFETY: the CPU supports AVX2; the taps are inside taps.
+                            Box::new(|t: &[InsideTap], i: &mut [u8], k: &mut [u8]| unsafe {
+                                x86::sample_inside_avx2(&packed, t, i, k)
+                            }),
+                        ));
+                    }
+                }
+                for (name, kernel) in &kernels {
+                    let mut img = vec![0u8; 48 * 48 * 3];
+                    let mut msk = vec![0u8; 48 * 48];
+                    let (mut at, mut k) = (0, 0);
+                    for r in &m.runs {
+                        let len = r.len as usize;
+                        if r.kind == RunKind::Inside {
+                            kernel(
+                                &m.inside[k..k + len],
+                                &mut img[at * 3..(at + len) * 3],
+                                &mut msk[at..at + len],
+                            );
+                            assert_eq!(
+                                img[at * 3..(at + len) * 3],
+                                general.image.as_raw()[at * 3..(at + len) * 3],
+                                "{name}"
+                            );
+                            assert_eq!(
+                                msk[at..at + len],
+                                general.mask.as_raw()[at..at + len],
+                                "{name}"
+                            );
+                            k += len;
+                        }
+                        at += len;
+                    }
                 }
             }
         }

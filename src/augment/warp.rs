@@ -89,18 +89,6 @@ struct Tap {
 }
 
 impl Tap {
-    /// Resolves a source coordinate (pixel centres at integers) to a tap. Far-away coordinates
-    /// (and NaN) are pinned just outside the `w` x `h` picture, where they read the border.
-    ///
-    /// floor and round are done with integer conversions (exact for this range, and the same
-    /// values as `f32::floor` / `f32::round`): on the x86-64 baseline those two are library calls.
-    #[inline]
-    fn new(sx: f32, sy: f32, w: u32, h: u32) -> Tap {
-        let (x0, fx) = split(sx, w as f32 + 2.0);
-        let (y0, fy) = split(sy, h as f32 + 2.0);
-        Tap { x0, y0, fx, fy }
-    }
-
     /// Bilinear weights of the four taps (top-left, top-right, bottom-left, bottom-right);
     /// they sum to `ONE * ONE`.
     #[inline]
@@ -116,7 +104,12 @@ impl Tap {
 }
 
 /// Integer part and 8-bit fraction of a coordinate clamped to [-3, max] (NaN to -3): (floor(s),
-/// round(frac * 256)), with a fraction that rounds up to 256 carried into the integer part.
+/// round(frac * 256)), with a fraction that rounds up to 256 carried into the integer part. With
+/// `max` a picture side + 2, far-away coordinates (and NaN) are pinned just outside the picture,
+/// where they read the border.
+///
+/// floor and round are done with integer conversions (exact for this range, and the same values
+/// as `f32::floor` / `f32::round`): on the x86-64 baseline those two are library calls.
 #[inline]
 fn split(s: f32, max: f32) -> (i32, u8) {
     let s = s.max(-3.0).min(max); // `max` returns the other operand for NaN
@@ -182,6 +175,27 @@ pub struct SampleMap {
 impl SampleMap {
     /// Resolves `map` for a `w` x `h` picture. Coordinates are in pixels with centres at integers.
     pub fn new(w: u32, h: u32, map: &dyn CoordMap, border: Border) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { Self::new_avx2(w, h, map, border) };
+        }
+        Self::new_lanes(w, h, map, border)
+    }
+
+    /// [`Self::new_lanes`] compiled for AVX2: the same float and integer operations in wider
+    /// registers (no fused multiply-add), so the same taps.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn new_avx2(w: u32, h: u32, map: &dyn CoordMap, border: Border) -> Self {
+        Self::new_lanes(w, h, map, border)
+    }
+
+    #[inline(always)]
+    fn new_lanes(w: u32, h: u32, map: &dyn CoordMap, border: Border) -> Self {
         let (wu, hu) = (w as usize, h as usize);
         let mut out = Self {
             w,
@@ -192,43 +206,50 @@ impl SampleMap {
             edge: Vec::new(),
         };
         let mut coords = vec![[0f32; 2]; wu];
-        let mut taps = vec![
-            Tap {
-                x0: 0,
-                y0: 0,
-                fx: 0,
-                fy: 0
-            };
-            wu
-        ];
+        // One row's taps, a column per field, so that resolving them vectorizes.
+        let (mut xs, mut ys) = (vec![0i32; wu], vec![0i32; wu]);
+        let (mut fxs, mut fys) = (vec![0u8; wu], vec![0u8; wu]);
+        let (xmax, ymax) = (w as f32 + 2.0, h as f32 + 2.0);
         let mut run = Run {
             kind: RunKind::Inside,
             len: 0,
         };
         for y in 0..hu {
             map.row(y, &mut coords);
-            // Branch-free, so the compiler can vectorize it.
-            for (t, &[sx, sy]) in taps.iter_mut().zip(&coords) {
-                *t = Tap::new(sx, sy, w, h);
+            for ((((&[sx, sy], x0), y0), fx), fy) in coords
+                .iter()
+                .zip(&mut xs)
+                .zip(&mut ys)
+                .zip(&mut fxs)
+                .zip(&mut fys)
+            {
+                (*x0, *fx) = split(sx, xmax);
+                (*y0, *fy) = split(sy, ymax);
             }
+            let tap = |i: usize| Tap {
+                x0: xs[i],
+                y0: ys[i],
+                fx: fxs[i],
+                fy: fys[i],
+            };
             // Inside taps come in stretches (a warp's inside is a connected region): each is
             // copied in one go; the others are classified one by one.
-            let inside = |t: &Tap| (t.x0 as u32) < w - 1 && (t.y0 as u32) < h - 1;
+            let inside = |i: usize| (xs[i] as u32) < w - 1 && (ys[i] as u32) < h - 1;
             let mut x = 0;
             while x < wu {
-                let (kind, len) = if inside(&taps[x]) {
-                    let len = taps[x..].iter().position(|t| !inside(t)).unwrap_or(wu - x);
-                    out.inside
-                        .extend(taps[x..x + len].iter().map(|t| InsideTap {
-                            index: t.y0 as u32 * w + t.x0 as u32,
-                            fx: t.fx,
-                            fy: t.fy,
-                        }));
+                let (kind, len) = if inside(x) {
+                    let len = (x..wu).position(|i| !inside(i)).unwrap_or(wu - x);
+                    out.inside.extend((x..x + len).map(|i| InsideTap {
+                        index: ys[i] as u32 * w + xs[i] as u32,
+                        fx: fxs[i],
+                        fy: fys[i],
+                    }));
                     (RunKind::Inside, len)
                 } else {
-                    let kind = out.classify(&taps[x]);
+                    let t = tap(x);
+                    let kind = out.classify(&t);
                     if kind == RunKind::Edge {
-                        out.edge.push(taps[x]);
+                        out.edge.push(t);
                     }
                     (kind, 1)
                 };

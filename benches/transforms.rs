@@ -92,8 +92,12 @@ fn variants(c: &mut Criterion) {
     g.bench_function("png_mask_fast", |b| {
         b.iter(|| encode_png_gray(&pair.mask).unwrap())
     });
+    // libjpeg-turbo: 4:4:4 chroma at q95, 4:2:0 at q80 (encode_jpeg_rgb's rule).
     g.bench_function("jpeg_rgb_q95", |b| {
         b.iter(|| encode_jpeg_rgb(&pair.image, 95).unwrap())
+    });
+    g.bench_function("jpeg_rgb_q80", |b| {
+        b.iter(|| encode_jpeg_rgb(&pair.image, 80).unwrap())
     });
     g.finish();
 }

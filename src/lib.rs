@@ -372,13 +372,20 @@ fn print_generation(r: &generate::GenerateReport, verb: &str) -> ExitCode {
         for p in &r.failed {
             eprintln!("  {}: {}", p.stem, p.message);
         }
-        eprintln!(
-            "error: nothing was replaced: the earlier complete set in {} ({earlier} pairs, \
-             manifest.json) is kept; fix the sources above and rerun (`--resume` reuses the {} \
-             pairs made now)",
-            r.run_dir.display(),
-            r.pairs
-        );
+        if earlier == 0 && !r.run_dir.join(run_layout::RunLayout::MANIFEST).exists() {
+            eprintln!(
+                "error: nothing was committed: no source could be generated; fix the sources \
+                 above and rerun (`--resume` reuses the pairs already written)"
+            );
+        } else {
+            eprintln!(
+                "error: nothing was replaced: the earlier complete set in {} ({earlier} pairs, \
+                 manifest.json) is kept; fix the sources above and rerun (`--resume` reuses the \
+                 {} pairs made now)",
+                r.run_dir.display(),
+                r.pairs
+            );
+        }
         return ExitCode::from(2);
     }
     println!(

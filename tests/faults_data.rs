@@ -1497,3 +1497,115 @@ fn stats_and_train_refuse_a_config_whose_split_differs() {
     c.ok(&["split"]);
     c.ok(&["stats"]);
 }
+
+// -------------------------------------------- staging/ holds only what the tool recorded
+
+/// Runs `generate` (1 thread) killed once `pairs` pairs are journaled.
+fn killed_after_pairs(c: &Case, pairs: usize) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["generate", "--threads", "1", "--config", c.cfg()])
+        .env(ABORT, pairs.to_string())
+        .env("PIPELINE_ABORT_ONLY", "generate: pair journaled")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains(&format!("aborting at commit point {pairs}")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn staging_that_is_a_link_is_refused_before_anything_is_written() {
+    for link in ["staging", "staging/images"] {
+        let c = Case::new(2);
+        let elsewhere = c.root.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("image001_orig.png"), b"yours").unwrap();
+        let at = c.run_dir().join(link);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &at).unwrap();
+        let o = c.run(&["generate"]);
+        assert_eq!(o.status.code(), Some(2), "{link}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&at.display().to_string())
+                && (stderr(&o).contains("not a folder") || stderr(&o).contains("no record")),
+            "{link}: {}",
+            stderr(&o)
+        );
+        let there: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+        assert_eq!(
+            there.len(),
+            1,
+            "{link}: something was written through the link"
+        );
+        assert_eq!(
+            std::fs::read(elsewhere.join("image001_orig.png")).unwrap(),
+            b"yours"
+        );
+        assert!(!c.run_dir().join("manifest.json").exists());
+    }
+}
+
+/// A file or link that no record names, at the name of a pair still to be generated, is
+/// neither overwritten nor deleted: the run is refused up front, naming every such entry.
+#[test]
+fn your_files_in_staging_are_refused_by_name_not_overwritten() {
+    let c = Case::new(3);
+    killed_after_pairs(&c, 2);
+    let images = c.run_dir().join("staging/images");
+    let masks = c.run_dir().join("staging/masks");
+    let yours = images.join("image003_orig.png");
+    std::fs::write(&yours, b"yours").unwrap();
+    let outside = c.root.join("outside.txt");
+    std::fs::write(&outside, b"outside").unwrap();
+    let link = masks.join("image003_hflip.png");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let folder = images.join("image003_vflip.png");
+    std::fs::create_dir(&folder).unwrap();
+    for args in [
+        &["generate", "--resume"][..],
+        &["generate"],
+        &["generate", "--force"],
+    ] {
+        let o = c.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        for p in [&yours, &link, &folder] {
+            assert!(e.contains(&p.display().to_string()), "{args:?}: {e}");
+        }
+        assert!(e.contains("nothing was written or removed"), "{e}");
+        assert_eq!(std::fs::read(&yours).unwrap(), b"yours");
+        assert_eq!(std::fs::read_link(&link).unwrap(), outside);
+        assert!(folder.is_dir());
+    }
+    assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+    // Moved away, the run resumes and completes.
+    for p in [&yours, &link] {
+        std::fs::remove_file(p).unwrap();
+    }
+    std::fs::remove_dir(&folder).unwrap();
+    let out = c.ok(&["generate", "--resume"]);
+    assert!(out.contains("2 kept from the interrupted run"), "{out}");
+    assert_verified(&c);
+}
+
+#[test]
+fn first_run_whose_sources_all_fail_commits_nothing() {
+    let c = Case::new(2);
+    let away = c.root.join("truth-away");
+    std::fs::rename(c.data.join(TRUTH), &away).unwrap();
+    std::fs::create_dir_all(c.data.join(TRUTH)).unwrap();
+    let o = c.run(&["generate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing was committed: no source could be generated"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!c.run_dir().join("manifest.json").exists());
+    std::fs::remove_dir(c.data.join(TRUTH)).unwrap();
+    std::fs::rename(&away, c.data.join(TRUTH)).unwrap();
+    c.ok(&["generate", "--resume"]);
+    assert_verified(&c);
+}

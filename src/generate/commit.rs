@@ -157,6 +157,78 @@ pub(super) fn check_staging(run: &RunLayout, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// Before a generation touches `staging/`: it must be a real folder (not a link: the new set
+/// would be written wherever it points), holding only real `images/` and `masks/` folders, and
+/// in them only files at names `old` (the journal of the run that wrote them) records, and the
+/// tool's temporaries. Anything else (your file, a link or a folder at a pair's name, a stray
+/// file) is refused by name, all at once, before anything is written or removed, with or
+/// without `--force`: the tool cannot tell it from its own work, so it neither overwrites nor
+/// deletes it.
+pub(super) fn check_staging_is_ours(run: &RunLayout, old: &JournalState) -> Result<()> {
+    let dir = run.staging();
+    let kind = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.file_type());
+    match kind(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        Ok(t) if !t.is_dir() => bail!(
+            "{} is a symbolic link or a file, not a folder: a generation writes its new set \
+             there, so it must be a real folder inside the run folder; move it away and rerun",
+            dir.display()
+        ),
+        Ok(_) => {}
+    }
+    let recorded: BTreeSet<PathBuf> = old.staged_files().iter().map(|r| staged(run, r)).collect();
+    let list = |d: &Path| -> Result<Vec<PathBuf>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(d).with_context(|| format!("cannot list {}", d.display()))? {
+            v.push(
+                e.with_context(|| format!("cannot list {}", d.display()))?
+                    .path(),
+            );
+        }
+        v.sort();
+        Ok(v)
+    };
+    let mut strays = Vec::new();
+    for entry in list(&dir)? {
+        let is_dir = kind(&entry).is_ok_and(|t| t.is_dir());
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !(is_dir && (name == "images" || name == "masks")) {
+            strays.push(entry);
+            continue;
+        }
+        for f in list(&entry)? {
+            let t = kind(&f).ok();
+            let temporary = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".tmp-"));
+            let file = t.is_some_and(|t| t.is_file());
+            let link = t.is_some_and(|t| t.is_symlink());
+            if !(((file || link) && recorded.contains(&f)) || (file && temporary)) {
+                strays.push(f);
+            }
+        }
+    }
+    if !strays.is_empty() {
+        let shown: Vec<String> = strays
+            .iter()
+            .take(10)
+            .map(|p| format!("  {}", p.display()))
+            .collect();
+        bail!(
+            "{} holds {} thing(s) that no record of this tool names (not made by it; a folder or \
+             link where a generated file or folder belongs counts too):\n{}{}\nmove them away \
+             and rerun (nothing was written or removed)",
+            dir.display(),
+            strays.len(),
+            shown.join("\n"),
+            if strays.len() > 10 { "\n  ..." } else { "" }
+        );
+    }
+    Ok(())
+}
+
 /// Regular files under `dir` (none when it does not exist).
 pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.exists() {

@@ -99,8 +99,9 @@ pub struct GenerateReport {
     pub ignored: Vec<PathBuf>,
     /// Things the user should know (files left in place, an earlier set kept).
     pub notes: Vec<String>,
-    /// Pairs of the earlier complete set that was kept because sources failed (nothing was
-    /// committed); `None` when the new set was committed.
+    /// Nothing was committed because sources failed: pairs of the earlier complete set that
+    /// was kept (0 when there was none and no source could be generated); `None` when the new
+    /// set was committed.
     pub kept_earlier: Option<usize>,
     /// Wall-clock time of the generation, in seconds.
     pub seconds: f64,
@@ -242,14 +243,13 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         kept_earlier: None,
         seconds: 0.0,
     };
-    if !report.failed.is_empty() {
-        if let Some(old) = &old {
-            // Never replace a complete set by a smaller one made while inputs are broken.
-            report.kept_earlier = Some(old.pairs.len());
-            report.seconds = started.elapsed().as_secs_f64();
-            write_run_info(&run, &report, threads)?;
-            return Ok(report);
-        }
+    if !report.failed.is_empty() && (old.is_some() || report.sources == 0) {
+        // Never replace a complete set by a smaller one made while inputs are broken, nor commit
+        // an empty one: the journal and staging/ stay for `--resume`.
+        report.kept_earlier = Some(old.as_ref().map_or(0, |o| o.pairs.len()));
+        report.seconds = started.elapsed().as_secs_f64();
+        write_run_info(&run, &report, threads)?;
+        return Ok(report);
     }
 
     let manifest = Manifest {

@@ -134,6 +134,10 @@ enum RunKind {
     Fill,
     /// Anything else (taps on both sides of the border, or clamped): the general sampler.
     Edge,
+    /// The tap is the output pixel itself with zero fractions (a lens warp outside its discs):
+    /// the output is the source pixel, copied (the bilinear sum of weights ONE * ONE, 0, 0, 0
+    /// gives exactly that value, and the mask bit).
+    Same,
 }
 
 /// `len` consecutive output pixels (in row-major order) of one kind.
@@ -235,10 +239,20 @@ impl SampleMap {
             // Inside taps come in stretches (a warp's inside is a connected region): each is
             // copied in one go; the others are classified one by one.
             let inside = |i: usize| (xs[i] as u32) < w - 1 && (ys[i] as u32) < h - 1;
+            let same = |i: usize| {
+                fxs[i] == 0 && fys[i] == 0 && xs[i] == i as i32 && ys[i] == y as i32 && inside(i)
+            };
             let mut x = 0;
             while x < wu {
-                let (kind, len) = if inside(x) {
-                    let len = (x..wu).position(|i| !inside(i)).unwrap_or(wu - x);
+                let (kind, len) = if same(x) {
+                    (
+                        RunKind::Same,
+                        (x..wu).position(|i| !same(i)).unwrap_or(wu - x),
+                    )
+                } else if inside(x) {
+                    let len = (x..wu)
+                        .position(|i| !inside(i) || same(i))
+                        .unwrap_or(wu - x);
                     out.inside.extend((x..x + len).map(|i| InsideTap {
                         index: ys[i] as u32 * w + xs[i] as u32,
                         fx: fxs[i],
@@ -334,6 +348,12 @@ impl SampleMap {
                         px.copy_from_slice(&src.fill.0);
                     }
                 }
+                RunKind::Same => {
+                    img.copy_from_slice(&src.image.as_raw()[at * 3..(at + len) * 3]);
+                    for (o, &m) in msk.iter_mut().zip(&src.mask.as_raw()[at..at + len]) {
+                        *o = if m >= 128 { 255 } else { 0 };
+                    }
+                }
                 RunKind::Edge => {
                     for ((t, px), m) in self.edge[edge..edge + len]
                         .iter()
@@ -370,10 +390,17 @@ impl SampleMap {
             .as_mut()
             .chunks_exact_mut(3)
             .zip(out.mask.as_mut().iter_mut());
+        let mut at = 0u32;
         for run in &self.runs {
             for _ in 0..run.len {
                 let (px, m) = pixels.next().expect("map size");
                 let t = match run.kind {
+                    RunKind::Same => Tap {
+                        x0: (at % w) as i32,
+                        y0: (at / w) as i32,
+                        fx: 0,
+                        fy: 0,
+                    },
                     RunKind::Inside => {
                         let t = inside.next().expect("inside tap");
                         Tap {
@@ -393,6 +420,7 @@ impl SampleMap {
                     },
                 };
                 sample_general(src, self.border, &t, px, m);
+                at += 1;
             }
         }
         out
@@ -578,7 +606,7 @@ mod tests {
             Rgb([(x * 4) as u8 ^ (r as u8 & 7), (y * 3) as u8, (r >> 8) as u8])
         });
         let mask = GrayImage::from_fn(n, n, |_, _| {
-            image::Luma([if next() % 3 == 0 { 255 } else { 0 }])
+            image::Luma([[0, 255, 90, 200, 0, 0][next() as usize % 6]])
         });
         Pair {
             image,
@@ -597,8 +625,15 @@ mod tests {
                 *v = [c * dx - s * dy + 23.5, s * dx + c * dy + 23.5];
             }
         };
+        // The identity in the left half of each row, a fractional shift in the right half.
+        let half = |y: usize, o: &mut [[f32; 2]]| {
+            for (x, v) in o.iter_mut().enumerate() {
+                let shift = if x < 24 { 0.0 } else { 0.3 };
+                *v = [x as f32 + shift, y as f32];
+            }
+        };
         for border in [Border::Fill, Border::Clamp] {
-            for map in [&wavy(48.0) as &dyn CoordMap, &rotate, &identity_row] {
+            for map in [&wavy(48.0) as &dyn CoordMap, &rotate, &identity_row, &half] {
                 let m = SampleMap::new(48, 48, map, border);
                 let general = m.apply_general(&p);
                 assert_eq!(m.apply(&p), general, "{border:?}");
@@ -661,11 +696,13 @@ mod tests {
                 }
             }
         }
-        // The wavy map exercises all three kinds of run.
+        // The wavy map exercises three kinds of run, the half-identity one the fourth.
         let m = SampleMap::new(48, 48, &wavy(48.0), Border::Fill);
         for kind in [RunKind::Inside, RunKind::Fill, RunKind::Edge] {
             assert!(m.runs.iter().any(|r| r.kind == kind), "{kind:?}");
         }
+        let m = SampleMap::new(48, 48, &half, Border::Fill);
+        assert!(m.runs.iter().any(|r| r.kind == RunKind::Same));
     }
 
     #[test]

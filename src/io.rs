@@ -61,6 +61,19 @@ pub fn write_in_staging(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Whether `name` is one of the tool's temporary files: [`write_atomic`]'s `.tmp-` and six
+/// letters or digits (the `tempfile` crate's random part), with [`write_atomic_with`]'s
+/// extension after them. Only such names are removed as leftovers of a killed run.
+pub fn is_tool_temporary(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(".tmp-") else {
+        return false;
+    };
+    let (random, ext) = rest.split_at(rest.len().min(6));
+    random.len() == 6
+        && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        && (ext.is_empty() || ext.starts_with('.') && !ext[1..].contains('.'))
+}
+
 /// For writers that insist on writing a path themselves (tch's safetensors writer): calls `write`
 /// with a temporary path in `path`'s folder (same extension, since tch picks the format by
 /// extension), then renames it to `path`. On error the temporary is removed.
@@ -270,6 +283,46 @@ pub fn hash_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names the tool's writers give their temporaries are recognised, and nothing else:
+    /// the real temporaries of both writers, then names a user might choose.
+    #[test]
+    fn tool_temporaries_are_only_the_writers_names() {
+        let d = tempfile::tempdir().unwrap();
+        let seen = std::cell::RefCell::new(Vec::new());
+        write_atomic_with(&d.path().join("w.safetensors"), |tmp| {
+            seen.borrow_mut()
+                .push(tmp.file_name().unwrap().to_str().unwrap().to_string());
+            std::fs::write(tmp, b"x")?;
+            Ok(())
+        })
+        .unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(d.path())
+            .unwrap();
+        seen.borrow_mut().push(
+            tmp.path()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+        for name in seen.borrow().iter() {
+            assert!(is_tool_temporary(name), "{name}");
+        }
+        for name in [
+            ".tmp-mine",
+            ".tmp-abcdefg",
+            ".tmp-abc!ef",
+            "tmp-abcdef",
+            ".tmp-abcdef.a.b",
+            "x.tmp-abcdef",
+        ] {
+            assert!(!is_tool_temporary(name), "{name}");
+        }
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporaries() {

@@ -375,7 +375,8 @@ fn print_generation(r: &generate::GenerateReport, verb: &str) -> ExitCode {
         if earlier == 0 && !r.run_dir.join(run_layout::RunLayout::MANIFEST).exists() {
             eprintln!(
                 "error: nothing was committed: no source could be generated; fix the sources \
-                 above and rerun (`--resume` reuses the pairs already written)"
+                 above and rerun (`--resume` keeps the pairs already written of sources whose \
+                 files have not changed since)"
             );
         } else {
             eprintln!(

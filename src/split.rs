@@ -375,7 +375,7 @@ fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<(
             }
             let rel = rel_path(run.root(), entry.path());
             let name = entry.file_name().to_string_lossy();
-            if name.starts_with(".tmp-") {
+            if crate::io::is_tool_temporary(&name) {
                 crate::generate::remove_if_present(entry.path())?;
             } else if !expected.contains(&rel) {
                 bail!(

@@ -1529,7 +1529,8 @@ fn staging_that_is_a_link_is_refused_before_anything_is_written() {
         assert_eq!(o.status.code(), Some(2), "{link}: {}", stderr(&o));
         assert!(
             stderr(&o).contains(&at.display().to_string())
-                && (stderr(&o).contains("not a folder") || stderr(&o).contains("no record")),
+                && (stderr(&o).contains("not a folder")
+                    || stderr(&o).contains("not this tool's work")),
             "{link}: {}",
             stderr(&o)
         );
@@ -1547,8 +1548,10 @@ fn staging_that_is_a_link_is_refused_before_anything_is_written() {
     }
 }
 
-/// A file or link that no record names, at the name of a pair still to be generated, is
-/// neither overwritten nor deleted: the run is refused up front, naming every such entry.
+/// A file, link or folder that no record names (at the name of a pair still to be generated, or
+/// a temporary that is not the tool's), and a link or changed content at the name of a pair the
+/// journal recorded, are neither overwritten nor deleted: the run is refused up front, naming
+/// every such entry.
 #[test]
 fn your_files_in_staging_are_refused_by_name_not_overwritten() {
     let c = Case::new(3);
@@ -1563,6 +1566,20 @@ fn your_files_in_staging_are_refused_by_name_not_overwritten() {
     std::os::unix::fs::symlink(&outside, &link).unwrap();
     let folder = images.join("image003_vflip.png");
     std::fs::create_dir(&folder).unwrap();
+    // At the names of the two journaled pairs (image001_*): a link and a file of other content.
+    let mut journaled: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("image001_"))
+        .collect();
+    journaled.sort();
+    assert_eq!(journaled.len(), 2, "{journaled:?}");
+    let (relinked, edited) = (&journaled[0], &journaled[1]);
+    std::fs::remove_file(relinked).unwrap();
+    std::os::unix::fs::symlink(&outside, relinked).unwrap();
+    std::fs::write(edited, b"edited").unwrap();
+    let temporary = images.join(".tmp-mine");
+    std::fs::write(&temporary, b"mine").unwrap();
     for args in [
         &["generate", "--resume"][..],
         &["generate"],
@@ -1571,22 +1588,28 @@ fn your_files_in_staging_are_refused_by_name_not_overwritten() {
         let o = c.run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let e = stderr(&o);
-        for p in [&yours, &link, &folder] {
+        for p in [&yours, &link, &folder, relinked, edited, &temporary] {
             assert!(e.contains(&p.display().to_string()), "{args:?}: {e}");
         }
-        assert!(e.contains("nothing was written or removed"), "{e}");
+        assert!(e.contains("changed since this tool wrote it"), "{e}");
+        assert!(
+            e.contains("no pair was written and nothing was removed"),
+            "{e}"
+        );
         assert_eq!(std::fs::read(&yours).unwrap(), b"yours");
         assert_eq!(std::fs::read_link(&link).unwrap(), outside);
+        assert_eq!(std::fs::read_link(relinked).unwrap(), outside);
+        assert_eq!(std::fs::read(edited).unwrap(), b"edited");
+        assert_eq!(std::fs::read(&temporary).unwrap(), b"mine");
         assert!(folder.is_dir());
     }
     assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
-    // Moved away, the run resumes and completes.
-    for p in [&yours, &link] {
+    // Moved away, the run resumes and completes (the two changed pairs are made again).
+    for p in [&yours, &link, relinked, edited, &temporary] {
         std::fs::remove_file(p).unwrap();
     }
     std::fs::remove_dir(&folder).unwrap();
-    let out = c.ok(&["generate", "--resume"]);
-    assert!(out.contains("2 kept from the interrupted run"), "{out}");
+    c.ok(&["generate", "--resume"]);
     assert_verified(&c);
 }
 

@@ -2,14 +2,13 @@
 //! set checked against its manifest, swapped in for `master/`, the old set's recorded files
 //! removed; and the same commit for a set made elsewhere (`pipeline merge`).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::journal::{start_journal, Header, Journal, JournalState, Prior};
+use super::journal::{start_journal, Header, Journal, Prior};
 use super::run_info::write_run_info;
 use super::{GenerateOptions, GenerateReport, OWN_FILES};
 use crate::augment::{plan, Variant};
@@ -116,119 +115,6 @@ pub(super) fn clear_old_master(
     Ok(())
 }
 
-/// Before the commit: `staging/` must hold exactly the new set. Files of sources that began and
-/// then failed (named by the journal) are removed; anything else is refused by name.
-pub(super) fn check_staging(run: &RunLayout, m: &Manifest) -> Result<()> {
-    let dir = run.staging();
-    let expected: BTreeSet<PathBuf> = m
-        .pairs
-        .iter()
-        .flat_map(|p| [staged(run, &p.image), staged(run, &p.mask)])
-        .collect();
-    let journal = JournalState::read(run)?;
-    let recorded: BTreeSet<PathBuf> = journal
-        .staged_files()
-        .iter()
-        .map(|r| staged(run, r))
-        .collect();
-    remove_temporaries(&dir)?;
-    for f in files_under(&dir)? {
-        if expected.contains(&f) {
-            continue;
-        }
-        if recorded.contains(&f) {
-            remove_if_present(&f)?;
-        } else {
-            bail!(
-                "{} is not a file of this generation (did something else write into {}?); move \
-                 it away and rerun with --resume",
-                f.display(),
-                dir.display()
-            );
-        }
-    }
-    for f in &expected {
-        ensure!(
-            f.is_file(),
-            "{} is missing although the journal recorded it; rerun without --resume",
-            f.display()
-        );
-    }
-    Ok(())
-}
-
-/// Before a generation touches `staging/`: it must be a real folder (not a link: the new set
-/// would be written wherever it points), holding only real `images/` and `masks/` folders, and
-/// in them only files at names `old` (the journal of the run that wrote them) records, and the
-/// tool's temporaries. Anything else (your file, a link or a folder at a pair's name, a stray
-/// file) is refused by name, all at once, before anything is written or removed, with or
-/// without `--force`: the tool cannot tell it from its own work, so it neither overwrites nor
-/// deletes it.
-pub(super) fn check_staging_is_ours(run: &RunLayout, old: &JournalState) -> Result<()> {
-    let dir = run.staging();
-    let kind = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.file_type());
-    match kind(&dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-        Ok(t) if !t.is_dir() => bail!(
-            "{} is a symbolic link or a file, not a folder: a generation writes its new set \
-             there, so it must be a real folder inside the run folder; move it away and rerun",
-            dir.display()
-        ),
-        Ok(_) => {}
-    }
-    let recorded: BTreeSet<PathBuf> = old.staged_files().iter().map(|r| staged(run, r)).collect();
-    let list = |d: &Path| -> Result<Vec<PathBuf>> {
-        let mut v = Vec::new();
-        for e in std::fs::read_dir(d).with_context(|| format!("cannot list {}", d.display()))? {
-            v.push(
-                e.with_context(|| format!("cannot list {}", d.display()))?
-                    .path(),
-            );
-        }
-        v.sort();
-        Ok(v)
-    };
-    let mut strays = Vec::new();
-    for entry in list(&dir)? {
-        let is_dir = kind(&entry).is_ok_and(|t| t.is_dir());
-        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !(is_dir && (name == "images" || name == "masks")) {
-            strays.push(entry);
-            continue;
-        }
-        for f in list(&entry)? {
-            let t = kind(&f).ok();
-            let temporary = f
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(".tmp-"));
-            let file = t.is_some_and(|t| t.is_file());
-            let link = t.is_some_and(|t| t.is_symlink());
-            if !(((file || link) && recorded.contains(&f)) || (file && temporary)) {
-                strays.push(f);
-            }
-        }
-    }
-    if !strays.is_empty() {
-        let shown: Vec<String> = strays
-            .iter()
-            .take(10)
-            .map(|p| format!("  {}", p.display()))
-            .collect();
-        bail!(
-            "{} holds {} thing(s) that no record of this tool names (not made by it; a folder or \
-             link where a generated file or folder belongs counts too):\n{}{}\nmove them away \
-             and rerun (nothing was written or removed)",
-            dir.display(),
-            strays.len(),
-            shown.join("\n"),
-            if strays.len() > 10 { "\n  ..." } else { "" }
-        );
-    }
-    Ok(())
-}
-
 /// Regular files under `dir` (none when it does not exist).
 pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.exists() {
@@ -244,12 +130,12 @@ pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Removes the tool's temporary files (`.tmp-*`, see [`write_atomic`]) under `dir`.
+/// Removes the tool's temporary files ([`crate::io::is_tool_temporary`]) under `dir`.
 pub(super) fn remove_temporaries(dir: &Path) -> Result<()> {
     for f in files_under(dir)? {
         if f.file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(".tmp-"))
+            .is_some_and(crate::io::is_tool_temporary)
         {
             remove_if_present(&f)?;
         }
@@ -401,7 +287,7 @@ pub(crate) fn commit_external(
             Ok(())
         })
     })?;
-    check_staging(&run, &set.manifest)?;
+    super::staging::check_before_commit(&run, &set.manifest)?;
     write_json(&run.commit_record(), &set.manifest)?;
     commit_point("merge: commit record written");
     report.notes.extend(finish_commit(&run, old.as_ref())?);

@@ -14,9 +14,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::commit::{
-    check_staging_is_ours, files_under, remove_if_present, remove_temporaries, staged,
-};
+use super::commit::{files_under, remove_if_present, remove_temporaries, staged};
 use super::{GenerateOptions, JOURNAL};
 use crate::dataset::layout::Source;
 use crate::io::{commit_point, hash_file, write_atomic};
@@ -222,7 +220,7 @@ pub(super) fn short(key: &str) -> &str {
 /// Writes a new journal for this run and returns the pairs kept from the old one (`--resume`,
 /// same key, same field-of-view mask, unchanged source files, staged files that hash right).
 /// Staged files the old journal names that are not kept are removed, as are temporaries;
-/// anything else in `staging/` is refused first ([`check_staging_is_ours`]).
+/// anything else in `staging/` is refused first ([`super::staging::check_before_start`]).
 pub(super) fn start_journal(
     run: &RunLayout,
     header: &Header,
@@ -230,7 +228,7 @@ pub(super) fn start_journal(
     sources: &[Source],
     opts: &GenerateOptions,
 ) -> Result<Kept> {
-    check_staging_is_ours(run, old)?;
+    super::staging::check_before_start(run, old)?;
     let same = old.header.as_ref().and_then(|h| h.as_ref()) == Some(header);
     let mut begins: BTreeMap<String, Begin> = BTreeMap::new();
     let mut kept: HashMap<String, PairRecord> = HashMap::new();

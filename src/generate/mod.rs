@@ -22,7 +22,8 @@
 //!
 //! Here: the run and the work on each source. [`journal`]: the journal and the folder's records
 //! before a run; [`commit`]: staging checked, swapped in, the old set removed (also for `merge`);
-//! [`run_info`]: `run.json`.
+//! [`run_info`]: `run.json`; [`staging`]: what `staging/` may hold, checked before a run and
+//! before its commit.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,9 +48,10 @@ use crate::run_layout::RunLayout;
 mod commit;
 mod journal;
 mod run_info;
+mod staging;
 
-use commit::{check_staging, finish_commit, staged};
 pub(crate) use commit::{commit_external, remove_if_present, ExternalSet};
+use commit::{finish_commit, staged};
 
 use journal::{start_journal, Begin, Header, Journal, Kept, Prior};
 use run_info::write_run_info;
@@ -267,7 +269,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         pairs,
         split: None,
     };
-    check_staging(&run, &manifest)?;
+    staging::check_before_commit(&run, &manifest)?;
     write_json(&run.commit_record(), &manifest)?;
     commit_point("generate: commit record written");
     report.notes.extend(finish_commit(&run, old.as_ref())?);

@@ -648,7 +648,8 @@ impl Config {
     }
 
     /// The settings whose hash is [`generation_key`](Self::generation_key) (seed, lesion,
-    /// `generate`, the JPEG encoder of JPEG output), e.g. to name the first one that differs from a run's record.
+    /// `generate`, the JPEG encoder of JPEG output), e.g. to name the first one that differs
+    /// from a run's record.
     pub fn generation_settings(&self) -> crate::manifest::GenerationKey<'_> {
         crate::manifest::GenerationKey {
             seed: self.seed,

@@ -1,8 +1,8 @@
 //! File output: encoders (fast PNG through the `png` crate's fdeflate; JPEG through
-//! libjpeg-turbo, [`encode_jpeg_rgb`]) and atomic writes. Every
-//! file the tool writes goes to a temporary name in the target folder and is renamed into place,
-//! so a crash never leaves a half-written file under a real name; the one exception is a file
-//! inside a folder that is itself the temporary and is renamed whole ([`write_in_staging`]).
+//! libjpeg-turbo, [`encode_jpeg_rgb`]) and atomic writes. Every file the tool writes goes to a
+//! temporary name in the target folder and is renamed into place, so a crash never leaves a
+//! half-written file under a real name; the one exception is a file inside a folder that is
+//! itself the temporary and is renamed whole ([`write_in_staging`]).
 
 use std::io::Write;
 use std::path::Path;

@@ -121,6 +121,20 @@ impl Case {
         std::fs::write(&self.config, text.replace(from, to)).unwrap();
     }
 
+    /// Moves the ground-truth folder away (an empty one in its place: every source fails);
+    /// returns where it went, for [`Case::restore_truths`].
+    fn hide_truths(&self) -> PathBuf {
+        let away = self.root.join("truth-away");
+        std::fs::rename(self.data.join(TRUTH), &away).unwrap();
+        std::fs::create_dir_all(self.data.join(TRUTH)).unwrap();
+        away
+    }
+
+    fn restore_truths(&self, away: &Path) {
+        std::fs::remove_dir(self.data.join(TRUTH)).unwrap();
+        std::fs::rename(away, self.data.join(TRUTH)).unwrap();
+    }
+
     fn image(&self, stem: &str) -> PathBuf {
         self.data.join(IMAGES).join(format!("{stem}.png"))
     }
@@ -255,9 +269,7 @@ fn rerun_whose_sources_all_fail_keeps_the_earlier_set() {
     c.ok(&["generate"]);
     c.ok(&["split"]);
     let before = run_tree(&c.run_dir());
-    let away = c.root.join("truth-away");
-    std::fs::rename(c.data.join(TRUTH), &away).unwrap();
-    std::fs::create_dir_all(c.data.join(TRUTH)).unwrap();
+    let away = c.hide_truths();
     let o = c.run(&["generate"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
@@ -265,8 +277,7 @@ fn rerun_whose_sources_all_fail_keeps_the_earlier_set() {
         "{}",
         stderr(&o)
     );
-    std::fs::remove_dir(c.data.join(TRUTH)).unwrap();
-    std::fs::rename(&away, c.data.join(TRUTH)).unwrap();
+    c.restore_truths(&away);
     let after: Vec<_> = run_tree(&c.run_dir())
         .into_iter()
         .filter(|(p, _)| !p.starts_with("staging") && p != "generate.journal")
@@ -1616,9 +1627,7 @@ fn your_files_in_staging_are_refused_by_name_not_overwritten() {
 #[test]
 fn first_run_whose_sources_all_fail_commits_nothing() {
     let c = Case::new(2);
-    let away = c.root.join("truth-away");
-    std::fs::rename(c.data.join(TRUTH), &away).unwrap();
-    std::fs::create_dir_all(c.data.join(TRUTH)).unwrap();
+    let away = c.hide_truths();
     let o = c.run(&["generate"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
@@ -1627,8 +1636,7 @@ fn first_run_whose_sources_all_fail_commits_nothing() {
         stderr(&o)
     );
     assert!(!c.run_dir().join("manifest.json").exists());
-    std::fs::remove_dir(c.data.join(TRUTH)).unwrap();
-    std::fs::rename(&away, c.data.join(TRUTH)).unwrap();
+    c.restore_truths(&away);
     c.ok(&["generate", "--resume"]);
     assert_verified(&c);
 }

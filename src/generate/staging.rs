@@ -18,13 +18,16 @@ use crate::manifest::Manifest;
 use crate::run_layout::RunLayout;
 
 /// Everything under `staging/`, classified.
+#[derive(Default)]
 struct Contents {
     /// Regular files (paths under `staging/images` and `staging/masks`).
     files: Vec<PathBuf>,
-    /// Anything else: links, folders, FIFOs, and anything outside the two folders (which must
-    /// be real folders themselves).
-    strays: Vec<PathBuf>,
+    /// Anything else, with why it is not the tool's: links, folders, FIFOs, and anything outside
+    /// the two folders (which must be real folders themselves).
+    strays: Vec<(PathBuf, &'static str)>,
 }
+
+const NOT_A_FILE: &str = "a link, a folder or another non-file, or outside images/ and masks/";
 
 fn read_contents(dir: &Path) -> Result<Option<Contents>> {
     let meta = |p: &Path| std::fs::symlink_metadata(p);
@@ -49,22 +52,19 @@ fn read_contents(dir: &Path) -> Result<Option<Contents>> {
         v.sort();
         Ok(v)
     };
-    let mut out = Contents {
-        files: Vec::new(),
-        strays: Vec::new(),
-    };
+    let mut out = Contents::default();
     for entry in list(dir)? {
         let is_dir = meta(&entry).is_ok_and(|m| m.file_type().is_dir());
         let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if !(is_dir && (name == "images" || name == "masks")) {
-            out.strays.push(entry);
+            out.strays.push((entry, NOT_A_FILE));
             continue;
         }
         for f in list(&entry)? {
             if meta(&f).is_ok_and(|m| m.file_type().is_file()) {
                 out.files.push(f);
             } else {
-                out.strays.push(f);
+                out.strays.push((f, NOT_A_FILE));
             }
         }
     }
@@ -121,16 +121,7 @@ pub(super) fn check_before_start(run: &RunLayout, old: &JournalState) -> Result<
             ]
         })
         .collect();
-    let mut strays: Vec<(PathBuf, &str)> = contents
-        .strays
-        .into_iter()
-        .map(|p| {
-            (
-                p,
-                "a link, a folder or another non-file, or outside images/ and masks/",
-            )
-        })
-        .collect();
+    let mut strays = contents.strays;
     for f in contents.files {
         if is_temporary(&f) {
             continue;
@@ -163,20 +154,8 @@ pub(super) fn check_before_commit(run: &RunLayout, m: &Manifest) -> Result<()> {
         .iter()
         .map(|r| staged(run, r))
         .collect();
-    let contents = read_contents(&dir)?.unwrap_or(Contents {
-        files: Vec::new(),
-        strays: Vec::new(),
-    });
-    let mut strays: Vec<(PathBuf, &str)> = contents
-        .strays
-        .into_iter()
-        .map(|p| {
-            (
-                p,
-                "a link, a folder or another non-file, or outside images/ and masks/",
-            )
-        })
-        .collect();
+    let contents = read_contents(&dir)?.unwrap_or_default();
+    let mut strays = contents.strays;
     let mut failed = Vec::new();
     for f in contents.files {
         if expected.contains(&f) || is_temporary(&f) {

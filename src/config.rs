@@ -158,6 +158,40 @@ impl PngFilter {
     }
 }
 
+/// Chroma subsampling of the generated JPEG images (JPEG / JFIF sampling factors of Cb and Cr
+/// against Y).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JpegSubsampling {
+    /// 4:4:4 from `jpeg_quality` 90 up, 4:2:0 below (the rule of earlier versions).
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Full-resolution chroma.
+    #[serde(rename = "4:4:4")]
+    Full,
+    /// Chroma halved in both directions: what OpenCV and PIL write by default, and what the
+    /// comparison's Python tools write.
+    #[serde(rename = "4:2:0")]
+    Half,
+}
+
+impl JpegSubsampling {
+    /// True for the default, which configs and manifests leave out (so the generation key of a
+    /// config written before this setting existed stays the same).
+    pub fn is_auto(&self) -> bool {
+        *self == JpegSubsampling::Auto
+    }
+
+    /// Whether chroma is kept at full resolution at `quality`.
+    pub fn full_chroma(self, quality: u8) -> bool {
+        match self {
+            JpegSubsampling::Auto => quality >= 90,
+            JpegSubsampling::Full => true,
+            JpegSubsampling::Half => false,
+        }
+    }
+}
+
 /// Generation: preparation of each source and the variants written for it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -171,6 +205,9 @@ pub struct GenerateConfig {
     pub image_format: ImageFormat,
     /// JPEG quality (1..=100) when `image_format` is `jpeg`.
     pub jpeg_quality: u8,
+    /// Chroma subsampling of the JPEG images.
+    #[serde(skip_serializing_if = "JpegSubsampling::is_auto")]
+    pub jpeg_subsampling: JpegSubsampling,
     /// Row filter of the PNG images (masks always use `adaptive`).
     #[serde(skip_serializing_if = "PngFilter::is_adaptive")]
     pub png_filter: PngFilter,
@@ -187,6 +224,7 @@ impl Default for GenerateConfig {
             threshold: 0.75,
             image_format: ImageFormat::Png,
             jpeg_quality: 95,
+            jpeg_subsampling: JpegSubsampling::Auto,
             png_filter: PngFilter::Adaptive,
             use_fov_mask: true,
             variants: VariantsConfig::default(),
@@ -821,6 +859,33 @@ mod tests {
             Some(crate::io::JPEG_ENCODER)
         );
         assert_ne!(jpeg.generation_key(), legacy(&jpeg));
+    }
+
+    #[test]
+    fn jpeg_subsampling_values() {
+        for (text, full_at_95, full_at_80) in [
+            ("auto", true, false),
+            ("4:4:4", true, true),
+            ("4:2:0", false, false),
+        ] {
+            let c = parse(&format!(
+                r#"{{"generate": {{"jpeg_subsampling": "{text}"}}}}"#
+            ))
+            .unwrap();
+            let s = c.generate.jpeg_subsampling;
+            assert_eq!(
+                (s.full_chroma(95), s.full_chroma(80)),
+                (full_at_95, full_at_80)
+            );
+        }
+        let err = parse(r#"{"generate": {"jpeg_subsampling": "4:2:2"}}"#).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("generate.jpeg_subsampling"),
+            "{err:#}"
+        );
+        // The default is left out of the key: configs written before the setting keep theirs.
+        let auto = parse(r#"{"generate": {"jpeg_subsampling": "auto"}}"#).unwrap();
+        assert_eq!(auto.generation_key(), parse("{}").unwrap().generation_key());
     }
 
     #[test]

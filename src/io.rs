@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
 
-use crate::config::PngFilter;
+use crate::config::{JpegSubsampling, PngFilter};
 
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync-free rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -195,12 +195,21 @@ pub const JPEG_ENCODER: &str = "libjpeg-turbo (mozjpeg-sys 2, fastest profile)";
 /// Baseline JPEG of an RGB image at `quality` (1..=100, libjpeg's scaling of the Annex K
 /// tables), via libjpeg-turbo ([`JPEG_ENCODER`]): integer DCT, standard Huffman tables. Chroma
 /// is kept at full resolution (4:4:4) from quality 90 up (lesions are red on orange: colour
-/// edges matter at the qualities chosen for training data) and subsampled 2x2 (4:2:0) below.
-/// libjpeg-turbo's SIMD and C paths give the same bytes, so the output does not depend on the
-/// CPU or on whether the build found `nasm`.
+/// edges matter at the qualities chosen for training data) and subsampled 2x2 (4:2:0) below;
+/// [`encode_jpeg_rgb_with`] chooses. libjpeg-turbo's SIMD and C paths give the same bytes, so the
+/// output does not depend on the CPU or on whether the build found `nasm`.
 ///
 /// Errors: a side above 65500 pixels (JPEG's limit) or an encoder failure.
 pub fn encode_jpeg_rgb(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
+    encode_jpeg_rgb_with(img, quality, JpegSubsampling::Auto)
+}
+
+/// [`encode_jpeg_rgb`] with the chroma subsampling `subsampling` (`generate.jpeg_subsampling`).
+pub fn encode_jpeg_rgb_with(
+    img: &RgbImage,
+    quality: u8,
+    subsampling: JpegSubsampling,
+) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();
     anyhow::ensure!(
         w.max(h) <= 65500,
@@ -211,7 +220,11 @@ pub fn encode_jpeg_rgb(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
         c.set_fastest_defaults();
         c.set_size(w as usize, h as usize);
         c.set_quality(f32::from(quality.clamp(1, 100)));
-        let chroma = if quality >= 90 { (1, 1) } else { (2, 2) };
+        let chroma = if subsampling.full_chroma(quality) {
+            (1, 1)
+        } else {
+            (2, 2)
+        };
         c.set_chroma_sampling_pixel_sizes(chroma, chroma);
         let mut c = c.start_compress(Vec::with_capacity(img.as_raw().len() / 4))?;
         c.write_scanlines(img.as_raw())?;

@@ -316,8 +316,8 @@ fn jpeg_sampling(bytes: &[u8]) -> Vec<(u8, u8)> {
         .collect()
 }
 
-/// JPEG output: libjpeg-turbo baseline, full chroma at quality 90 and up (4:2:0 below), close
-/// to the PNG run's pixels, the same bytes with 1 and 4 threads, and its encoder recorded in the
+/// JPEG output: libjpeg-turbo baseline, full chroma at quality 90 and up (4:2:0 below) unless
+/// `jpeg_subsampling` says otherwise, close to the PNG run's pixels, the same bytes with 1 and 4 threads, and its encoder recorded in the
 /// manifest and the generation key (a PNG run records none).
 #[test]
 fn jpeg_output_is_deterministic_full_chroma_and_its_encoder_is_recorded() {
@@ -369,6 +369,23 @@ fn jpeg_output_is_deterministic_full_chroma_and_its_encoder_is_recorded() {
         "1",
     );
     assert_eq!(jpeg_sampling(&jpeg80[0].1), vec![(2, 2), (1, 1), (1, 1)]);
+    // `jpeg_subsampling` overrides the rule, and is part of the key when it is not "auto".
+    let (half, half_manifest) = run(
+        "half",
+        r#""image_format": "jpeg", "jpeg_quality": 95, "jpeg_subsampling": "4:2:0", "#,
+        "1",
+    );
+    assert_eq!(jpeg_sampling(&half[0].1), vec![(2, 2), (1, 1), (1, 1)]);
+    assert_ne!(
+        half_manifest["generation_key"],
+        jpeg_manifest["generation_key"]
+    );
+    let (full, _) = run(
+        "full",
+        r#""image_format": "jpeg", "jpeg_quality": 80, "jpeg_subsampling": "4:4:4", "#,
+        "1",
+    );
+    assert_eq!(jpeg_sampling(&full[0].1), vec![(1, 1); 3]);
     let encoder = &jpeg_manifest["generation"]["jpeg_encoder"];
     assert!(
         encoder.as_str().unwrap().starts_with("libjpeg-turbo"),

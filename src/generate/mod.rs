@@ -38,7 +38,7 @@ use crate::augment::{plan, Operation, Packed, Variant};
 use crate::config::{Config, ImageFormat};
 use crate::dataset::layout::{scan, Problem, Source};
 use crate::io::{
-    commit_point, encode_jpeg_rgb, encode_png_gray, encode_png_rgb_with, hash_hex,
+    commit_point, encode_jpeg_rgb_with, encode_png_gray, encode_png_rgb_with, hash_hex,
     write_in_staging, write_json,
 };
 use crate::manifest::{rel_path, Generation, Manifest, PairRecord, SourceRecord, SCHEMA};
@@ -527,7 +527,10 @@ impl Ctx<'_> {
         let name = format!("{stem}_{}", v.name());
         let (img_bytes, ext) = match g.image_format {
             ImageFormat::Png => (encode_png_rgb_with(&out.image, g.png_filter)?, "png"),
-            ImageFormat::Jpeg => (encode_jpeg_rgb(&out.image, g.jpeg_quality)?, "jpg"),
+            ImageFormat::Jpeg => (
+                encode_jpeg_rgb_with(&out.image, g.jpeg_quality, g.jpeg_subsampling)?,
+                "jpg",
+            ),
         };
         // Masks keep the adaptive filter: on binary masks it makes files half the size of the
         // fixed filters' and costs little (a mask is a third of an image's bytes).

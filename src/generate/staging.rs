@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
 
 use super::commit::{remove_if_present, remove_temporaries, staged};
 use super::journal::JournalState;
@@ -122,6 +123,7 @@ pub(super) fn check_before_start(run: &RunLayout, old: &JournalState) -> Result<
         })
         .collect();
     let mut strays = contents.strays;
+    let mut to_hash = Vec::new();
     for f in contents.files {
         if is_temporary(&f) {
             continue;
@@ -129,11 +131,15 @@ pub(super) fn check_before_start(run: &RunLayout, old: &JournalState) -> Result<
         if !recorded.contains(&f) {
             strays.push((f, "no record of this tool names it"));
         } else if let Some(want) = hashes.get(&f) {
-            if !hash_file(&f).is_ok_and(|h| h == *want) {
-                strays.push((f, "changed since this tool wrote it"));
-            }
+            to_hash.push((f, *want));
         }
     }
+    strays.par_extend(
+        to_hash
+            .into_par_iter()
+            .filter(|(f, want)| !hash_file(f).is_ok_and(|h| h == *want))
+            .map(|(f, _)| (f, "changed since this tool wrote it")),
+    );
     strays.sort();
     refuse(&dir, &strays)
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use tch::Kind;
 
-use super::data::{Batch, Loader, Sample};
+use super::data::{load_batches, Batch, Sample};
 use super::model::Model;
 use super::patch_data::Recipe;
 use super::probs_to_vec;
@@ -66,7 +66,7 @@ pub fn eval_batches_with(
     }
     let device = model.device();
     let (mut sl, mut sd, mut n) = (0.0, 0.0, 0usize);
-    for batch in Loader::new(samples, &order, batch_size, size) {
+    for batch in load_batches(samples, &order, batch_size, size) {
         let batch = batch?;
         let (x, y) = batch.tensors(device);
         let fov = recipe.fov(&batch, None, device);

@@ -218,28 +218,26 @@ pub fn images_tensor(bytes: &[u8], n: i64, s: i64, device: Device) -> Tensor {
         / 255.0
 }
 
-/// Batches of `samples` in `order`, decoded one batch ahead on a background thread.
-pub struct Loader {
-    rx: Option<Receiver<Result<Batch>>>,
+/// Results of `make` over `jobs`, computed one ahead on a background thread (a bounded channel
+/// of 2). Iteration stops after the first `Err` (yielded). Dropping it closes the channel first,
+/// so a worker blocked on sending finishes, then joins it.
+pub struct Prefetch<T: Send + 'static> {
+    rx: Option<Receiver<Result<T>>>,
     worker: Option<JoinHandle<()>>,
 }
 
-impl Loader {
-    /// Starts the worker: batches of `batch_size` (the last may be smaller) of
-    /// `samples[order[..]]` at side `size`. Iteration stops after the first batch that fails to
-    /// load (yielded as its `Err`).
-    pub fn new(samples: &[Sample], order: &[usize], batch_size: usize, size: u32) -> Self {
-        let chunks: Vec<Vec<Sample>> = order
-            .chunks(batch_size)
-            .map(|c| c.iter().map(|&i| samples[i].clone()).collect())
-            .collect();
+impl<T: Send + 'static> Prefetch<T> {
+    /// Starts the worker on `jobs` in order.
+    pub fn new<J: Send + 'static>(
+        jobs: Vec<J>,
+        make: impl Fn(J) -> Result<T> + Send + 'static,
+    ) -> Self {
         let (tx, rx) = sync_channel(2);
         let worker = std::thread::spawn(move || {
-            for chunk in chunks {
-                let refs: Vec<&Sample> = chunk.iter().collect();
-                let batch = Batch::load(&refs, size);
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
+            for job in jobs {
+                let item = make(job);
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
                     return;
                 }
             }
@@ -251,15 +249,15 @@ impl Loader {
     }
 }
 
-impl Iterator for Loader {
-    type Item = Result<Batch>;
+impl<T: Send + 'static> Iterator for Prefetch<T> {
+    type Item = Result<T>;
 
-    fn next(&mut self) -> Option<Result<Batch>> {
+    fn next(&mut self) -> Option<Result<T>> {
         self.rx.as_ref()?.recv().ok()
     }
 }
 
-impl Drop for Loader {
+impl<T: Send + 'static> Drop for Prefetch<T> {
     fn drop(&mut self) {
         // Closing the channel first lets a worker blocked on `send` finish.
         self.rx.take();
@@ -267,4 +265,23 @@ impl Drop for Loader {
             let _ = w.join();
         }
     }
+}
+
+/// Batches of `samples` in `order`, decoded one batch ahead on a background thread: batches of
+/// `batch_size` (the last may be smaller) of `samples[order[..]]` at side `size`. Iteration stops
+/// after the first batch that fails to load (yielded as its `Err`).
+pub fn load_batches(
+    samples: &[Sample],
+    order: &[usize],
+    batch_size: usize,
+    size: u32,
+) -> Prefetch<Batch> {
+    let chunks: Vec<Vec<Sample>> = order
+        .chunks(batch_size)
+        .map(|c| c.iter().map(|&i| samples[i].clone()).collect())
+        .collect();
+    Prefetch::new(chunks, move |chunk| {
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        Batch::load(&refs, size)
+    })
 }

@@ -1,16 +1,13 @@
 //! Training batches of patches (issue 9): each step's pairs are decoded at `generate.size` and a
 //! `train.patch_size` square is cut from each, centred on a lesion pixel with probability
 //! `train.foreground_share` ([`fundus_pipeline::patches`]). Decoded one batch ahead on a background thread,
-//! like [`super::data::Loader`]. Also the per-image field-of-view mask for FOV-restricted losses.
-
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::thread::JoinHandle;
+//! like [`super::data::load_batches`]. Also the per-image field-of-view mask for FOV-restricted losses.
 
 use anyhow::Result;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use super::data::{load_sample, Batch, Loader, Sample};
+use super::data::{load_batches, load_sample, Batch, Prefetch, Sample};
 use super::losses::Loss;
 use fundus_pipeline::config::Config;
 use fundus_pipeline::patches::{crop, patch_rng, sample_patch};
@@ -82,59 +79,29 @@ pub fn load_patch_batch(samples: &[&Sample], first: usize, spec: &PatchSpec) -> 
     Ok(PatchBatch { batch: b, fov })
 }
 
-/// Patch batches of `samples` in `order`, decoded one batch ahead on a background thread.
-pub struct PatchLoader {
-    rx: Option<Receiver<Result<PatchBatch>>>,
-    worker: Option<JoinHandle<()>>,
-}
-
-impl PatchLoader {
-    /// Starts the worker: batches of `batch_size` pairs of `samples[order[..]]`, one patch cut
-    /// from each as `spec` says. Iteration stops after the first batch that fails (its `Err`).
-    pub fn new(samples: &[Sample], order: &[usize], batch_size: usize, spec: PatchSpec) -> Self {
-        let chunks: Vec<(usize, Vec<Sample>)> = order
-            .chunks(batch_size)
-            .enumerate()
-            .map(|(k, c)| {
-                (
-                    k * batch_size,
-                    c.iter().map(|&i| samples[i].clone()).collect(),
-                )
-            })
-            .collect();
-        let (tx, rx) = sync_channel(2);
-        let worker = std::thread::spawn(move || {
-            for (first, chunk) in chunks {
-                let refs: Vec<&Sample> = chunk.iter().collect();
-                let batch = load_patch_batch(&refs, first, &spec);
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Self {
-            rx: Some(rx),
-            worker: Some(worker),
-        }
-    }
-}
-
-impl Iterator for PatchLoader {
-    type Item = Result<PatchBatch>;
-
-    fn next(&mut self) -> Option<Result<PatchBatch>> {
-        self.rx.as_ref()?.recv().ok()
-    }
-}
-
-impl Drop for PatchLoader {
-    fn drop(&mut self) {
-        self.rx.take();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
-    }
+/// Patch batches of `samples` in `order`, decoded one batch ahead on a background thread:
+/// batches of `batch_size` pairs of `samples[order[..]]`, one patch cut from each as `spec` says.
+/// Iteration stops after the first batch that fails (its `Err`).
+pub fn load_patch_batches(
+    samples: &[Sample],
+    order: &[usize],
+    batch_size: usize,
+    spec: PatchSpec,
+) -> Prefetch<PatchBatch> {
+    let chunks: Vec<(usize, Vec<Sample>)> = order
+        .chunks(batch_size)
+        .enumerate()
+        .map(|(k, c)| {
+            (
+                k * batch_size,
+                c.iter().map(|&i| samples[i].clone()).collect(),
+            )
+        })
+        .collect();
+    Prefetch::new(chunks, move |(first, chunk)| {
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        load_patch_batch(&refs, first, &spec)
+    })
 }
 
 /// Training batches, each with the field of view of its patches ({0,1} bytes) when cut from pairs.
@@ -235,7 +202,7 @@ impl Recipe {
     ) -> TrainBatches {
         match self.patch {
             Some(patch) => Box::new(
-                PatchLoader::new(
+                load_patch_batches(
                     train,
                     order,
                     batch_size,
@@ -253,7 +220,7 @@ impl Recipe {
                 .map(|b| b.map(|p| (p.batch, Some(p.fov)))),
             ),
             None => {
-                Box::new(Loader::new(train, order, batch_size, size).map(|b| b.map(|b| (b, None))))
+                Box::new(load_batches(train, order, batch_size, size).map(|b| b.map(|b| (b, None))))
             }
         }
     }

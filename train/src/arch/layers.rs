@@ -1,4 +1,4 @@
-//! Layers shared by the architectures besides the reference UNet: convolution (stride, atrous
+//! Layers shared by the architectures (the reference UNet included): convolution (stride, atrous
 //! dilation, optional bias), batch normalisation with running statistics, 2x2 transposed
 //! convolution, bilinear resize, and the parameter counts that go with them. Weights are
 //! created with PyTorch's default initialisation and PyTorch's `state_dict` names (`weight`,

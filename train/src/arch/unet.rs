@@ -3,9 +3,10 @@
 //! initialisation bounds, and the same parameter names as its `state_dict` (`down.0.0.weight`,
 //! `up.0.bias`, `dec.3.3.weight`, `head.weight`), so a checkpoint can be read by either side.
 
-use tch::nn::{Init, ModuleT, Path};
+use tch::nn::{ModuleT, Path};
 use tch::{Kind, Tensor};
 
+use super::layers::{Conv, Up2};
 use super::ArchSpec;
 use crate::model::SegNet;
 use fundus_pipeline::train_config::{Arch, ModelConfig};
@@ -31,40 +32,6 @@ pub fn kernel(level: usize) -> i64 {
 /// Dropout between the two convolutions of a block at level i.
 pub fn dropout(level: usize) -> f64 {
     0.05 * level as f64
-}
-
-#[derive(Debug)]
-struct Conv {
-    w: Tensor,
-    b: Tensor,
-    pad: i64,
-}
-
-impl Conv {
-    /// PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
-    fn new(p: Path, cin: i64, cout: i64, k: i64) -> Self {
-        let bound = 1.0 / ((cin * k * k) as f64).sqrt();
-        let init = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
-        Self {
-            w: p.var("weight", &[cout, cin, k, k], init),
-            b: p.var("bias", &[cout], init),
-            pad: k / 2,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
-        x.conv2d(
-            &self.w.to_kind(kind),
-            Some(self.b.to_kind(kind)),
-            [1, 1],
-            [self.pad, self.pad],
-            [1, 1],
-            1,
-        )
-    }
 }
 
 /// conv -> ReLU -> dropout -> conv -> ReLU (`nn.Sequential` indices 0 and 3 hold the convs).
@@ -96,44 +63,11 @@ impl Block {
     }
 }
 
-/// 2x2 stride-2 transposed convolution (weight [cin, cout, 2, 2], PyTorch's fan_in = cout * 4).
-#[derive(Debug)]
-struct Up {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Up {
-    fn new(p: Path, cin: i64, cout: i64) -> Self {
-        let bound = 1.0 / ((cout * 4) as f64).sqrt();
-        let init = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
-        Self {
-            w: p.var("weight", &[cin, cout, 2, 2], init),
-            b: p.var("bias", &[cout], init),
-        }
-    }
-
-    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
-        x.conv_transpose2d(
-            &self.w.to_kind(kind),
-            Some(self.b.to_kind(kind)),
-            [2, 2],
-            [0, 0],
-            [0, 0],
-            1,
-            [1, 1],
-        )
-    }
-}
-
 /// The network. `forward` returns logits (sigmoid is applied by the loss and the predictions).
 #[derive(Debug)]
 pub struct UNet {
     down: Vec<Block>,
-    up: Vec<Up>,
+    up: Vec<Up2>,
     dec: Vec<Block>,
     head: Conv,
 }
@@ -153,7 +87,7 @@ impl UNet {
         }
         let (mut up, mut dec) = (Vec::new(), Vec::new());
         for (j, lvl) in (0..cfg.levels.saturating_sub(1)).rev().enumerate() {
-            up.push(Up::new(root / "up" / j, c, ch[lvl]));
+            up.push(Up2::new(root / "up" / j, c, ch[lvl]));
             dec.push(Block::new(root / "dec" / j, 2 * ch[lvl], ch[lvl], lvl));
             c = ch[lvl];
         }

@@ -53,6 +53,27 @@ pub fn binarize(gt: &GrayImage, threshold: f64) -> GrayImage {
     GrayImage::from_raw(gt.width(), gt.height(), raw).expect("buffer size")
 }
 
+/// The number of nonzero bytes of `bytes` (the foreground pixels of a mask): 16 lanes of 8-bit
+/// counters, flushed every 255 blocks before they can wrap, which the compiler turns into byte
+/// compares and subtracts (a plain `filter().count()` widens every byte to 64 bits).
+pub fn count_nonzero(bytes: &[u8]) -> u64 {
+    const LANES: usize = 16;
+    let mut total = 0u64;
+    for chunk in bytes.chunks(LANES * 255) {
+        let mut lanes = [0u8; LANES];
+        let blocks = chunk.chunks_exact(LANES);
+        let rest = blocks.remainder();
+        for block in blocks {
+            for (l, &b) in lanes.iter_mut().zip(block) {
+                *l += u8::from(b != 0);
+            }
+        }
+        total += lanes.iter().map(|&l| u64::from(l)).sum::<u64>();
+        total += rest.iter().filter(|&&b| b != 0).count() as u64;
+    }
+    total
+}
+
 /// `img` centred in a `side` x `side` square of `fill` pixels, as raw samples (`C` per pixel).
 /// Row copies: the same bytes as `imageops::replace` onto a filled square, without the per-pixel
 /// indexing.
@@ -159,18 +180,28 @@ pub fn read_truth(truth: &image::DynamicImage, threshold: f64) -> (GrayImage, Ve
         }
     }
     let gray = truth.to_luma8();
-    let (mut off, mut example, mut max) = (0u64, 0u8, 0u8);
-    for p in gray.pixels() {
-        let v = p[0];
-        max = max.max(v);
-        if v % 21 != 0 || v > 252 {
-            if off == 0 {
-                example = v;
-            }
-            off += 1;
+    // The DIARETDB1 levels are the multiples of 21 up to 252 (12 annotators' votes): a table
+    // and branch-free passes instead of a division per pixel.
+    const NOT_A_LEVEL: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut v = 0;
+        while v < 256 {
+            t[v] = v % 21 != 0 || v > 252;
+            v += 1;
         }
-    }
+        t
+    };
+    let raw = gray.as_raw();
+    let max = raw.iter().copied().max().unwrap_or(0);
+    let off = raw
+        .iter()
+        .map(|&v| u64::from(NOT_A_LEVEL[v as usize]))
+        .sum::<u64>();
     if off > 0 {
+        let example = *raw
+            .iter()
+            .find(|&&v| NOT_A_LEVEL[v as usize])
+            .expect("counted");
         issues.push(TruthIssue::NotDdb1Levels {
             pixels: off,
             example,
@@ -287,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn count_nonzero_counts_every_length_and_value() {
+        // Lengths around the 16-byte blocks and the 255-block flush; all-nonzero bytes would
+        // wrap an unflushed 8-bit counter.
+        for len in [0, 1, 15, 16, 17, 4079, 4080, 4081, 3 * 4080 + 7, 70_000] {
+            let ones = vec![255u8; len];
+            assert_eq!(count_nonzero(&ones), len as u64, "all set, {len}");
+            let mixed: Vec<u8> = (0..len).map(|i| (i * 7 % 5) as u8).collect();
+            let want = mixed.iter().filter(|&&b| b != 0).count() as u64;
+            assert_eq!(count_nonzero(&mixed), want, "mixed, {len}");
+        }
+    }
+
+    #[test]
     fn binarize_follows_the_protocol() {
         let gt = GrayImage::from_fn(13, 1, |x, _| Luma([(x * 21) as u8]));
         let count = |t| binarize(&gt, t).pixels().filter(|p| p[0] == 255).count();
@@ -314,6 +358,19 @@ mod tests {
         let weak = DynamicImage::ImageLuma8(GrayImage::from_fn(4, 1, |x, _| Luma([x as u8 * 21])));
         assert_eq!(read_truth(&weak, 0.75).1.len(), 1);
         assert!(read_truth(&weak, 0.0).1.is_empty());
+        // Off-level values: counted, and the first one in reading order is the example.
+        let off = GrayImage::from_raw(5, 1, vec![0, 5, 21, 253, 5]).unwrap();
+        let issues = read_truth(&DynamicImage::ImageLuma8(off), 0.0).1;
+        assert!(
+            matches!(
+                issues.as_slice(),
+                [TruthIssue::NotDdb1Levels {
+                    pixels: 3,
+                    example: 5
+                }]
+            ),
+            "{issues:?}"
+        );
     }
 
     #[test]

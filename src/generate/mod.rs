@@ -549,7 +549,7 @@ impl Ctx<'_> {
             mask,
             image_hash: hash_hex(&img_bytes),
             mask_hash: hash_hex(&mask_bytes),
-            foreground: out.mask.as_raw().iter().filter(|&&m| m != 0).count() as u64,
+            foreground: crate::prep::count_nonzero(out.mask.as_raw()),
             split: None,
         })
     }

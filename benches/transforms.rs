@@ -5,7 +5,7 @@
 //! (of the source for decode and prepare).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fundus_pipeline::augment::{plan, Packed, Pair, Variant};
+use fundus_pipeline::augment::{plan, shared_operations, Packed, Pair, Variant};
 use fundus_pipeline::config::PngFilter;
 use fundus_pipeline::config::{LensConfig, VariantsConfig};
 use fundus_pipeline::io::{
@@ -56,6 +56,12 @@ fn variants(c: &mut Criterion) {
             b.iter(|| v.operation(512, 512, 42, "image001"))
         });
     }
+    // Every deterministic map of the plan at once, as `generate` builds them per run (chained
+    // lens outputs on their shorter chain's coordinates).
+    let all = plan(&cfg);
+    g.bench_function("shared_operations", |b| {
+        b.iter(|| shared_operations(&all, 512, 512))
+    });
     g.finish();
     // Applying: to the source packed once, as `generate` does for all the variants of a source.
     let packed = Packed::new(&pair);

@@ -15,8 +15,10 @@ pub mod lens;
 pub mod warp;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use image::{GrayImage, RgbImage};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VariantsConfig;
@@ -75,6 +77,86 @@ pub struct LensVariant {
 
     /// Centres (fractions of width, height) applied in turn: one, or 1..=index when chained.
     pub centres: Vec<[f64; 2]>,
+}
+
+impl LensVariant {
+    /// Its discs on a `w` x `h` picture, in pixels.
+    fn chain(&self, w: u32, h: u32) -> LensChain {
+        let (wf, hf) = (f64::from(w), f64::from(h));
+        LensChain(
+            self.centres
+                .iter()
+                .map(|[ox, oy]| Lens {
+                    cx: ox * wf,
+                    cy: oy * hf,
+                    radius: self.radius * wf,
+                    amount: self.amount,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The operations of the deterministic variants of `variants` (those that are not
+/// [`Variant::is_random`]) for a `w` x `h` pair, by [`Variant::name`]: built once per run and
+/// shared by every source, in parallel (rayon, on the current pool).
+///
+/// Each is the operation [`Variant::operation`] builds, with one saving: the coordinates of a
+/// chained lens output (`barrel_k` is `barrel_(k-1)` and one more disc) are built on those of
+/// the chain one disc shorter ([`LensChain::field`]), which the `sin` and `pow` of the shorter
+/// chain's discs then cost only inside the new disc. The maps are the same bit for bit (tested).
+pub fn shared_operations(variants: &[Variant], w: u32, h: u32) -> HashMap<String, Operation> {
+    let (wu, hu) = (w as usize, h as usize);
+    let lenses: Vec<&LensVariant> = variants
+        .iter()
+        .filter_map(|v| match v {
+            Variant::Lens(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    // Families of chains that extend each other: the same kind, exponent and radius, shortest
+    // first. Each family's fields are built in turn, the families in parallel.
+    let mut families: Vec<Vec<&LensVariant>> = Vec::new();
+    for l in lenses {
+        let same = |f: &Vec<&LensVariant>| {
+            f[0].pincushion == l.pincushion
+                && f[0].amount.to_bits() == l.amount.to_bits()
+                && f[0].radius.to_bits() == l.radius.to_bits()
+        };
+        match families.iter_mut().find(|f| same(f)) {
+            Some(f) => f.push(l),
+            None => families.push(vec![l]),
+        }
+    }
+    let fields: Vec<(&LensVariant, Vec<[f32; 2]>)> = families
+        .into_par_iter()
+        .flat_map_iter(|mut family| {
+            family.sort_by_key(|l| l.centres.len());
+            let mut built: Vec<(&LensVariant, Vec<[f32; 2]>)> = Vec::new();
+            for l in family {
+                let shorter = built
+                    .iter()
+                    .find(|(s, _)| {
+                        l.centres.len() >= 2 && s.centres[..] == l.centres[..l.centres.len() - 1]
+                    })
+                    .map(|(_, f)| f.as_slice());
+                let field = l.chain(w, h).field(wu, hu, shorter);
+                built.push((l, field));
+            }
+            built
+        })
+        .collect();
+    let lens_ops = fields.par_iter().map(|(l, field)| {
+        let map = lens::Field { field, w: wu };
+        let op = Operation::Warp(SampleMap::new(w, h, &map, Border::Fill));
+        (Variant::Lens((*l).clone()).name(), op)
+    });
+    variants
+        .par_iter()
+        .filter(|v| !v.is_random() && !matches!(v, Variant::Lens(_)))
+        .map(|v| (v.name(), v.operation(w, h, 0, "")))
+        .chain(lens_ops)
+        .collect()
 }
 
 /// A variant's parameters as the manifest records them (`params` of a pair record): a JSON
@@ -227,20 +309,7 @@ impl Variant {
                 let d = field::distortion(w as usize, h as usize, *sigma, max, &mut rng);
                 warp(&d, Border::Clamp)
             }
-            Variant::Lens(l) => {
-                let (wf, hf) = (f64::from(w), f64::from(h));
-                let chain = l
-                    .centres
-                    .iter()
-                    .map(|[ox, oy]| Lens {
-                        cx: ox * wf,
-                        cy: oy * hf,
-                        radius: l.radius * wf,
-                        amount: l.amount,
-                    })
-                    .collect();
-                warp(&LensChain(chain), Border::Fill)
-            }
+            Variant::Lens(l) => warp(&l.chain(w, h), Border::Fill),
         }
     }
 
@@ -252,7 +321,7 @@ impl Variant {
 }
 
 /// What a variant does to a pair.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     /// An exact pixel permutation: every output byte is a source byte, nothing is resampled.
     Permute(Permutation),

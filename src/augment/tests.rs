@@ -222,3 +222,28 @@ proptest::proptest! {
         proptest::prop_assert_eq!(v.apply(&src, seed, "s"), v.apply(&src, seed, "s"));
     }
 }
+
+#[test]
+fn shared_operations_are_the_variants_own() {
+    // Chained and single discs, both kinds, with the other deterministic variants beside them
+    // and the random ones left out; a size that is not square.
+    for chained in [true, false] {
+        let cfg = VariantsConfig {
+            lens: LensConfig {
+                chained,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let variants = plan(&cfg);
+        let (w, h) = (96, 80);
+        let shared = shared_operations(&variants, w, h);
+        let deterministic: Vec<&Variant> = variants.iter().filter(|v| !v.is_random()).collect();
+        assert_eq!(shared.len(), deterministic.len(), "chained {chained}");
+        assert!(deterministic.iter().any(|v| v.kind() == "pincushion"));
+        for v in deterministic {
+            let own = v.operation(w, h, 0, "");
+            assert!(shared[&v.name()] == own, "{} (chained {chained})", v.name());
+        }
+    }
+}

@@ -141,7 +141,7 @@ enum RunKind {
 }
 
 /// `len` consecutive output pixels (in row-major order) of one kind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
     kind: RunKind,
     len: u32,
@@ -150,7 +150,7 @@ struct Run {
 /// Top-left tap of an [`RunKind::Inside`] pixel as an index into the source (y0 * w + x0), and
 /// its fractions. `repr(C)`: the AVX2 kernel reads four taps (32 bytes) at once, with `fx` and
 /// `fy` at bytes 4 and 5 of each.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 struct InsideTap {
     index: u32,
@@ -164,7 +164,7 @@ struct InsideTap {
 ///
 /// Output pixels are grouped in runs of one [`RunKind`], so the common case (all taps inside)
 /// runs without border logic and pixels that only read the fill colour cost a copy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampleMap {
     w: u32,
     h: u32,

@@ -192,11 +192,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     let results: Vec<(Source, Result<SourceOutput>)> = pool.install(|| {
         // Operations of the deterministic variants are the same for every source: build them once.
         let size = cfg.generate.size;
-        let ops: HashMap<String, Operation> = variants
-            .par_iter()
-            .filter(|v| !v.is_random())
-            .map(|v| (v.name(), v.operation(size, size, cfg.seed, "")))
-            .collect();
+        let ops = crate::augment::shared_operations(&variants, size, size);
         let ctx = Ctx { ops: &ops, ..ctx };
         scan.sources
             .par_iter()

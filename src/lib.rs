@@ -453,7 +453,7 @@ fn run_stats(cfg: &Config, m: &manifest::Manifest) -> Result<Vec<std::path::Path
 fn run_verify(cfg: &Config) -> Result<ExitCode> {
     // A reader: refused while a writer holds the folder (it would see half-made state).
     let _lock = lock_run(cfg, "verify", false)?;
-    let r = manifest::verify(&cfg.layout())?;
+    let r = manifest::verify(cfg)?;
     for (what, list) in [
         ("changed", &r.changed),
         ("missing", &r.missing),

@@ -258,13 +258,16 @@ impl VerifyReport {
     }
 }
 
-/// Re-hashes every master and dataset file listed in the manifest, and lists files in those
-/// folders that the manifest does not know.
+/// Re-hashes every master and dataset file listed in the manifest of `cfg`'s run, and lists
+/// files in those folders that the manifest does not know.
 ///
 /// A run that is not complete is an error, not a list of missing files: a generation killed
 /// before or while committing (run `pipeline generate --resume`), or a split interrupted or
-/// refused part-way (run `pipeline split`).
-pub fn verify(run: &RunLayout) -> Result<VerifyReport> {
+/// refused part-way (run `pipeline split`). So is a set generated with other generation settings
+/// than `cfg`'s (the files would match their manifest but not what this config makes), before
+/// any file is hashed.
+pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
+    let run = &cfg.layout();
     let journal = run.journal();
     if !run.manifest().exists() && journal.exists() {
         anyhow::bail!(
@@ -284,6 +287,7 @@ pub fn verify(run: &RunLayout) -> Result<VerifyReport> {
             run.manifest().display()
         );
     }
+    crate::generate::check_generated_by(cfg, &m)?;
     let mut expected: BTreeMap<String, &str> = BTreeMap::new();
     for p in &m.pairs {
         for (_, file, hash) in p.master_files() {

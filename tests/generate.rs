@@ -229,6 +229,18 @@ fn verify_reports_changed_missing_and_extra_files() {
         "{s}"
     );
     assert!(s.contains("extra: master/images/stray.png"), "{s}");
+    // A config whose generation settings are not the set's: refused before hashing, naming the
+    // setting (the files match their manifest, not what this config makes).
+    let other = d.path().join("other.json");
+    let json = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&other, json.replace(r#""seed": 5"#, r#""seed": 7"#)).unwrap();
+    let out = pipeline(&["verify", "--config", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("does not match the master set") && e.contains("`seed` is 7"),
+        "{e}"
+    );
 }
 
 /// `generate.png_filter` changes the files' bytes, never their pixels; a config without it keeps

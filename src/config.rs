@@ -419,14 +419,22 @@ impl Config {
             objects_where_expected(value, &shape, "")?;
         }
         let de = &mut serde_json::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if path == "." {
+            // A syntax error after a key (a trailing comma, say) ends the path in `?`: the
+            // object it is in is what can be named.
+            let path = path.trim_end_matches('?').trim_end_matches('.');
+            if path.is_empty() {
                 anyhow::anyhow!("{inner}")
             } else {
                 anyhow::anyhow!("`{path}`: {inner}")
             }
+        })?;
+        // Anything after the config object (a second object pasted in, a stray brace, a
+        // comment) would otherwise be ignored without a word.
+        de.end().map_err(|e| {
+            anyhow::anyhow!("{e}: a config file holds one JSON object and nothing after it")
         })?;
         // A knob of an architecture that is not selected, present even at its defaults.
         if let Some(model) = value.as_ref().and_then(|v| v.get("model")) {
@@ -886,6 +894,29 @@ mod tests {
         // The default is left out of the key: configs written before the setting keep theirs.
         let auto = parse(r#"{"generate": {"jpeg_subsampling": "auto"}}"#).unwrap();
         assert_eq!(auto.generation_key(), parse("{}").unwrap().generation_key());
+    }
+
+    #[test]
+    fn anything_after_the_config_object_is_refused() {
+        for text in [
+            "{\"seed\": 3}\n{\"seed\": 4}\n",
+            "{\"seed\": 3}}",
+            "{\"seed\": 3}\n// a comment\n",
+            "{\"seed\": 3} trailing",
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(
+                err.contains("trailing characters") && err.contains("one JSON object"),
+                "{text:?}: {err}"
+            );
+        }
+        // Whitespace after it is fine.
+        assert_eq!(parse("{\"seed\": 3}\n\n  ").unwrap().seed, 3);
+        // A trailing comma names the object it is in, not `?`.
+        let err = format!("{:#}", parse(r#"{"generate": {"size": 64,}}"#).unwrap_err());
+        assert!(err.starts_with("`generate`: trailing comma"), "{err}");
+        let err = format!("{:#}", parse(r#"{"seed": 3,}"#).unwrap_err());
+        assert!(err.starts_with("trailing comma"), "{err}");
     }
 
     #[test]

@@ -147,19 +147,21 @@ pub fn run(cli: Cli, training: &dyn Training) -> Result<ExitCode> {
             let cfg = load(&a)?;
             let _lock = lock_run(&cfg, "split", false)?;
             let m = generate::require_complete(&cfg.layout())?;
+            warn_failed(&cfg, &m);
             run_split(&cfg, m)?;
         }
         Command::Stats(a) => {
             let cfg = load(&a)?;
             let _lock = lock_run(&cfg, "stats", false)?;
             let m = split::require_complete(&cfg)?;
+            warn_failed(&cfg, &m);
             run_stats(&cfg, &m)?;
         }
         Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
             let cfg = load_for_training(&a.dev.common)?;
             let _lock = lock_run(&cfg, "train", false)?;
-            split::require_complete(&cfg)?;
+            warn_failed(&cfg, &split::require_complete(&cfg)?);
             training.train(&cfg, a.dev.device, a.resume)?;
         }
         Command::Evaluate(a) => {
@@ -170,7 +172,7 @@ pub fn run(cli: Cli, training: &dyn Training) -> Result<ExitCode> {
                 cfg.evaluate.truth = a.truth.clone();
                 recipe_config::validate_evaluate(&cfg.evaluate)?;
             } else {
-                split::require_complete(&cfg)?;
+                warn_failed(&cfg, &split::require_complete(&cfg)?);
             }
             training.evaluate(&cfg, a.dev.device)?;
         }
@@ -217,6 +219,7 @@ pub fn run(cli: Cli, training: &dyn Training) -> Result<ExitCode> {
             let cfg = load(&a.common)?;
             let _lock = lock_run(&cfg, "preview", false)?;
             let m = generate::require_generated_by(&cfg)?;
+            warn_failed(&cfg, &m);
             if let Some(dir) = &a.sheet_dir {
                 run_dir::check_apart(
                     dir,
@@ -450,6 +453,14 @@ fn run_stats(cfg: &Config, m: &manifest::Manifest) -> Result<Vec<std::path::Path
     Ok(sheets)
 }
 
+/// Prints [`manifest::Manifest::failed_warning`] of the run's set, if any: a stage that reads a
+/// set committed without some of its sources says so.
+fn warn_failed(cfg: &Config, m: &manifest::Manifest) {
+    if let Some(w) = m.failed_warning(&cfg.run_dir()) {
+        eprintln!("warning: {w}");
+    }
+}
+
 fn run_verify(cfg: &Config) -> Result<ExitCode> {
     // A reader: refused while a writer holds the folder (it would see half-made state).
     let _lock = lock_run(cfg, "verify", false)?;
@@ -458,6 +469,7 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
         ("changed", &r.changed),
         ("missing", &r.missing),
         ("extra", &r.extra),
+        ("failed source", &r.failed),
     ] {
         for f in list {
             println!("{what}: {f}");
@@ -468,11 +480,20 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            "verify failed: {} changed, {} missing, {} extra (of {} listed files)",
+            "verify failed: {} changed, {} missing, {} extra (of {} listed files){}",
             r.changed.len(),
             r.missing.len(),
             r.extra.len(),
-            r.checked
+            r.checked,
+            if r.failed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the set lacks {} source(s) that could not be generated (rerun `pipeline \
+                     generate` once they are fixed)",
+                    r.failed.len()
+                )
+            }
         );
         Ok(ExitCode::from(1))
     }

@@ -32,9 +32,24 @@ pub struct Manifest {
     pub sources: Vec<SourceRecord>,
     /// One record per image/mask pair, sorted by name.
     pub pairs: Vec<PairRecord>,
+    /// Sources of the dataset that could not be generated when this set was committed (a first
+    /// generation commits what it could make), sorted by stem: their pairs are missing. Empty,
+    /// and then not written, for a complete set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedRecord>,
     /// Set by `split`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitInfo>,
+}
+
+/// A source that could not be generated (`failed` in manifest.json).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailedRecord {
+    /// File stem of the source photograph, e.g. `image001`.
+    pub stem: String,
+    /// Why it could not be used (the error message, naming the file).
+    pub error: String,
 }
 
 /// The settings that decided the master set, resolved (`generation` in manifest.json): the
@@ -179,6 +194,25 @@ impl SplitInfo {
 }
 
 impl Manifest {
+    /// A warning for a set committed without some of its sources ([`Manifest::failed`]), naming
+    /// them and what to do; `None` for a complete set. `run` is the run folder, for the message.
+    pub fn failed_warning(&self, run: &Path) -> Option<String> {
+        let (first, more) = self.failed.split_first()?;
+        let others = if more.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} more", more.len())
+        };
+        Some(format!(
+            "the master set in {} lacks {} source(s) that could not be generated: {} ({}){others}; \
+             fix them and rerun `pipeline generate` (then `pipeline split`)",
+            run.display(),
+            self.failed.len(),
+            first.stem,
+            first.error,
+        ))
+    }
+
     /// The record of the source `stem`, if any.
     pub fn source(&self, stem: &str) -> Option<&SourceRecord> {
         self.sources.iter().find(|s| s.stem == stem)
@@ -247,14 +281,20 @@ pub struct VerifyReport {
     pub changed: Vec<String>,
     /// Listed files that are not there.
     pub missing: Vec<String>,
-    /// Files in `master/` or `dataset/` that the manifest does not list.
+    /// Sources the manifest records as not generated ([`Manifest::failed`]): `stem: error`.
+    pub failed: Vec<String>,
+    /// Files in `master/` or `dataset/` that the manifest does not list; a link or another
+    /// kind of entry (not a folder) is listed too, with its kind in parentheses after the path.
     pub extra: Vec<String>,
 }
 
 impl VerifyReport {
     /// True when nothing changed, is missing or is extra.
     pub fn is_clean(&self) -> bool {
-        self.changed.is_empty() && self.missing.is_empty() && self.extra.is_empty()
+        self.changed.is_empty()
+            && self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.failed.is_empty()
     }
 }
 
@@ -311,6 +351,11 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
         .collect();
     let mut report = VerifyReport {
         checked: results.len(),
+        failed: m
+            .failed
+            .iter()
+            .map(|f| format!("{}: {}", f.stem, f.error))
+            .collect(),
         ..Default::default()
     };
     for (rel, state) in results {
@@ -327,12 +372,20 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
         }
         for entry in walkdir::WalkDir::new(&dir).sort_by_file_name() {
             let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            if !entry.file_type().is_file() {
+            // Links are not followed (walkdir's default): a link is an entry of its own.
+            let kind = entry.file_type();
+            if kind.is_dir() {
                 continue;
             }
             let rel = rel_path(run.root(), entry.path());
             if !known.contains(&rel) {
-                report.extra.push(rel);
+                report.extra.push(if kind.is_file() {
+                    rel
+                } else if kind.is_symlink() {
+                    format!("{rel} (symbolic link)")
+                } else {
+                    format!("{rel} (not a regular file)")
+                });
             }
         }
     }

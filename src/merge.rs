@@ -433,6 +433,7 @@ fn join(checked: &[Checked]) -> Result<Manifest> {
         generation: first.generation.clone(),
         sources,
         pairs,
+        failed: Vec::new(),
         split: None,
     })
 }

@@ -50,17 +50,38 @@ impl Owned {
     }
 
     /// Refuses, writing nothing, when one of `names` exists in the folder (file, folder or
-    /// link) and is not recorded as the tool's; the error names the file.
+    /// link) and is not recorded as the tool's, or is recorded but is not a regular file (a
+    /// folder or a link put in the place of the tool's file); the error names the path.
     pub fn check<S: AsRef<str>>(&self, names: &[S]) -> Result<()> {
         for name in names {
             let name = name.as_ref();
             let path = self.dir.join(name);
-            if !self.owns(name) && path.symlink_metadata().is_ok() {
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if !self.owns(name) {
                 bail!(
                     "{} exists and was not made by pipeline (it is not listed in {}); nothing was \
                      overwritten: move it away, or choose another output folder",
                     path.display(),
                     self.dir.join(RECORD).display()
+                );
+            }
+            // Recorded, but not the file the tool wrote there (someone put a folder or a link
+            // in its place): replacing it would fail half-way or discard it.
+            let kind = meta.file_type();
+            if !kind.is_file() {
+                let what = if kind.is_dir() {
+                    "a folder"
+                } else if kind.is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "not a regular file"
+                };
+                bail!(
+                    "{} is {what}, where pipeline keeps a file it writes; nothing was written or \
+                     removed: move it away and rerun",
+                    path.display()
                 );
             }
         }
@@ -130,6 +151,27 @@ mod tests {
         claim(d.path(), &["stats.png", "other.png"]).unwrap();
         let text = std::fs::read_to_string(d.path().join(RECORD)).unwrap();
         assert_eq!(text, "other.png\nstats.png\n");
+    }
+
+    #[test]
+    fn a_folder_or_link_in_place_of_a_recorded_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        claim(d.path(), &["manifest.json", "run.json"]).unwrap();
+        std::fs::create_dir(d.path().join("manifest.json")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("run.json")).unwrap();
+        let e = claim(d.path(), &["manifest.json"]).unwrap_err().to_string();
+        assert!(e.contains("manifest.json is a folder"), "{e}");
+        let e = claim(d.path(), &["run.json"]).unwrap_err().to_string();
+        assert!(e.contains("run.json is a symbolic link"), "{e}");
+        // Both are left as they were.
+        assert!(d.path().join("manifest.json").is_dir());
+        assert!(d
+            .path()
+            .join("run.json")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

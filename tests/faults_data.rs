@@ -1624,6 +1624,42 @@ fn your_files_in_staging_are_refused_by_name_not_overwritten() {
     assert_verified(&c);
 }
 
+/// A first generation commits the sources it could make; its manifest names the one it could
+/// not, `verify` fails on it and the stages that read the set warn, until a rerun makes it.
+#[test]
+fn first_run_with_a_failed_source_records_it_and_verify_fails() {
+    let c = Case::new(3);
+    let good = std::fs::read(c.image("image002")).unwrap();
+    std::fs::write(c.image("image002"), b"").unwrap();
+    let o = c.run(&["generate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.run_dir().join("manifest.json")).unwrap()).unwrap();
+    let failed = m["failed"].as_array().expect("failed sources recorded");
+    assert_eq!(failed.len(), 1, "{m}");
+    assert_eq!(failed[0]["stem"], "image002");
+    assert!(failed[0]["error"].as_str().unwrap().contains("image002"));
+    let v = c.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(1), "{}", stderr(&v));
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(out.contains("failed source: image002: "), "{out}");
+    assert!(out.contains("lacks 1 source(s)"), "{out}");
+    let s = c.run(&["split"]);
+    assert!(s.status.success(), "{}", stderr(&s));
+    assert!(
+        stderr(&s).contains("warning: the master set in")
+            && stderr(&s).contains("lacks 1 source(s) that could not be generated: image002"),
+        "{}",
+        stderr(&s)
+    );
+    // Fixed and rerun: the set is whole, the manifest has no `failed`, verify passes.
+    std::fs::write(c.image("image002"), good).unwrap();
+    c.ok(&["generate"]);
+    let text = std::fs::read_to_string(c.run_dir().join("manifest.json")).unwrap();
+    assert!(!text.contains("\"failed\""), "{text}");
+    assert_verified(&c);
+}
+
 #[test]
 fn first_run_whose_sources_all_fail_commits_nothing() {
     let c = Case::new(2);

@@ -229,6 +229,13 @@ fn verify_reports_changed_missing_and_extra_files() {
         "{s}"
     );
     assert!(s.contains("extra: master/images/stray.png"), "{s}");
+    // A link the manifest does not record is listed, whatever it points to.
+    std::os::unix::fs::symlink("/etc/passwd", master.join("masks/link.png")).unwrap();
+    let s = String::from_utf8_lossy(&pipeline(&["verify", "--config", c]).stdout).to_string();
+    assert!(
+        s.contains("extra: master/masks/link.png (symbolic link)"),
+        "{s}"
+    );
     // A config whose generation settings are not the set's: refused before hashing, naming the
     // setting (the files match their manifest, not what this config makes).
     let other = d.path().join("other.json");

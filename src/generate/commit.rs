@@ -198,11 +198,14 @@ pub(crate) struct ExternalSet<'a> {
 /// and an earlier complete set, nothing is replaced (`kept_earlier`).
 pub(crate) fn commit_external(
     cfg: &Config,
-    set: ExternalSet,
+    mut set: ExternalSet,
     force: bool,
     threads: Option<usize>,
 ) -> Result<GenerateReport> {
     let started = Instant::now();
+    // The set is committed without these only when there is no earlier one (below): its
+    // manifest says which sources it lacks.
+    set.manifest.failed = super::failed_records(&set.failed);
     let run = cfg.layout();
     let run_dir = run.root().to_path_buf();
     let key = set.manifest.generation_key.clone();

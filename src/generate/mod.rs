@@ -263,6 +263,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         },
         sources,
         pairs,
+        failed: failed_records(&report.failed),
         split: None,
     };
     staging::check_before_commit(&run, &manifest)?;
@@ -275,6 +276,17 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     report.seconds = started.elapsed().as_secs_f64();
     write_run_info(&run, &report, threads)?;
     Ok(report)
+}
+
+/// The manifest's records of the sources that failed ([`Manifest::failed`]).
+pub(crate) fn failed_records(failed: &[Problem]) -> Vec<crate::manifest::FailedRecord> {
+    failed
+        .iter()
+        .map(|p| crate::manifest::FailedRecord {
+            stem: p.stem.clone(),
+            error: p.message.clone(),
+        })
+        .collect()
 }
 
 /// A note naming the outputs made from a set that another generation (another key) has just

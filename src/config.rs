@@ -397,9 +397,11 @@ impl Default for StatsConfig {
 impl Config {
     /// Reads, parses and validates a config file. Errors name the file and the field.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::io::read_regular_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let config = Config::from_json(&text)
+        // A byte-order mark (some Windows editors write one) is not part of the JSON.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let config = Config::from_json(text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
         config
             .validate()
@@ -917,6 +919,14 @@ mod tests {
         assert!(err.starts_with("`generate`: trailing comma"), "{err}");
         let err = format!("{:#}", parse(r#"{"seed": 3,}"#).unwrap_err());
         assert!(err.starts_with("trailing comma"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_config() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cfg.json");
+        std::fs::write(&p, "\u{feff}{\"seed\": 9}\n").unwrap();
+        assert_eq!(Config::load(&p).unwrap().seed, 9);
     }
 
     #[test]

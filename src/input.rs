@@ -123,7 +123,8 @@ pub fn not_a_file_message(path: &Path) -> String {
 
 /// Reads and decodes an image file; see [`decode`].
 pub fn read_image(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes =
+        crate::io::read_regular(path).with_context(|| format!("cannot read {}", path.display()))?;
     decode(path, &bytes, max_pixels)
 }
 

@@ -4,7 +4,7 @@
 //! half-written file under a real name; the one exception is a file inside a folder that is
 //! itself the temporary and is renamed whole ([`write_in_staging`]).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -287,15 +287,75 @@ pub fn hash_hex(bytes: &[u8]) -> String {
 /// blake3 of a file's contents, hex.
 pub fn hash_file(path: &Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = open_regular(path).with_context(|| format!("cannot open {}", path.display()))?;
     std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(h.finalize().to_hex().to_string())
+}
+
+/// Opens `path` (links followed) for reading, refusing anything but a regular file: a FIFO put
+/// at a name the tool reads would otherwise block it forever (reading one waits for a writer), so
+/// it is opened without blocking (`O_NONBLOCK`, which regular files ignore) and checked before a
+/// byte is read. Errors: the open's, or `InvalidInput` naming what is there (a folder, or not a
+/// regular file).
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = f.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(f);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        if kind.is_dir() {
+            "it is a folder, not a file"
+        } else {
+            "it is not a regular file (a FIFO, a socket or a device)"
+        },
+    ))
+}
+
+/// The bytes of the regular file `path` ([`open_regular`]'s refusals otherwise).
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The UTF-8 text of the regular file `path` ([`open_regular`]'s refusals otherwise).
+pub fn read_regular_to_string(path: &Path) -> std::io::Result<String> {
+    let mut text = String::new();
+    open_regular(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_read_and_a_fifo_does_not_block() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, b"text").unwrap();
+        assert_eq!(read_regular_to_string(&file).unwrap(), "text");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read_regular(&link).unwrap(), b"text");
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer ever opens it: a blocking read would hang the test.
+        let e = read_regular(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = hash_file(&fifo).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+        let e = read_regular(d.path()).unwrap_err();
+        assert!(e.to_string().contains("folder"), "{e}");
+    }
 
     /// The names the tool's writers give their temporaries are recognised, and nothing else:
     /// the real temporaries of both writers, then names a user might choose.

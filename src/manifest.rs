@@ -242,21 +242,32 @@ impl Manifest {
 
     /// Reads a manifest from any path (the commit record of a generation is one too).
     pub fn load_file(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            // A run folder with shards but no manifest waits for its merge.
-            let sharded = path
-                .parent()
-                .is_some_and(|run| run.join(RunLayout::SHARDS).is_dir());
-            format!(
-                "cannot read {} (run `pipeline {}` first)",
-                path.display(),
-                if sharded {
-                    "merge` to join the shards under shards/, or `pipeline generate"
-                } else {
-                    "generate"
-                }
-            )
-        })?;
+        let text = match crate::io::read_regular_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A run folder with shards but no manifest waits for its merge.
+                let sharded = path
+                    .parent()
+                    .is_some_and(|run| run.join(RunLayout::SHARDS).is_dir());
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read {} (run `pipeline {}` first)",
+                        path.display(),
+                        if sharded {
+                            "merge` to join the shards under shards/, or `pipeline generate"
+                        } else {
+                            "generate"
+                        }
+                    )
+                });
+            }
+            // Not the file the tool writes (a folder, a FIFO ...), or unreadable.
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read {}: move it away and rerun", path.display())
+                })
+            }
+        };
         serde_json::from_str(&text).with_context(|| {
             format!(
                 "{} is not a valid manifest (rerun `pipeline generate --force` to rebuild it)",
@@ -289,7 +300,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// True when nothing changed, is missing or is extra.
+    /// True when nothing changed, is missing or is extra, and no source failed.
     pub fn is_clean(&self) -> bool {
         self.changed.is_empty()
             && self.missing.is_empty()

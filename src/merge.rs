@@ -209,8 +209,8 @@ pub fn merge(cfg: &Config, opts: &MergeOptions) -> Result<GenerateReport> {
             );
         }
         if std::fs::hard_link(&src, dest).is_err() {
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
+            let bytes = crate::io::read_regular(&src)
+                .with_context(|| format!("cannot read {}", src.display()))?;
             write_atomic(dest, &bytes).with_context(|| {
                 format!(
                     "cannot link or copy {} to {}",
@@ -268,7 +268,7 @@ fn find(run_dir: &Path) -> Result<Vec<Found>> {
         });
         let path = d.join(RECORD);
         let record = path.exists().then(|| {
-            std::fs::read_to_string(&path)
+            crate::io::read_regular_to_string(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
         });
@@ -442,7 +442,7 @@ fn join(checked: &[Checked]) -> Result<Manifest> {
 /// (the critical path when the shards run at once), threads = all shards' together.
 fn write_merge_info(run_dir: &Path, checked: &[Checked], r: &GenerateReport) -> Result<()> {
     let path = crate::run_layout::RunLayout::new(run_dir).run_info();
-    let mut info: serde_json::Value = std::fs::read_to_string(&path)
+    let mut info: serde_json::Value = crate::io::read_regular_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_else(|| json!({}));

@@ -25,10 +25,20 @@ pub struct Owned {
 }
 
 impl Owned {
-    /// Reads `dir`'s record (none yet: nothing is owned). Creates nothing.
+    /// Reads `dir`'s record (none yet: nothing is owned). Creates nothing. Errors: the record
+    /// is a link, a folder, a FIFO ... (not the file the tool writes there), or unreadable.
     pub fn open(dir: &Path) -> Result<Owned> {
         let path = dir.join(RECORD);
-        let names = match std::fs::read_to_string(&path) {
+        if let Ok(meta) = path.symlink_metadata() {
+            if !meta.file_type().is_file() {
+                bail!(
+                    "{} is not the file pipeline keeps there (it is a folder, a link or another \
+                     kind of entry); nothing was written or removed: move it away and rerun",
+                    path.display()
+                );
+            }
+        }
+        let names = match crate::io::read_regular_to_string(&path) {
             Ok(text) => text
                 .lines()
                 .map(str::trim)
@@ -172,6 +182,24 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_file_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"manifest.json\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, d.path().join(RECORD)).unwrap();
+        let e = claim(d.path(), &["stats.json"]).unwrap_err().to_string();
+        assert!(e.contains("is not the file pipeline keeps there"), "{e}");
+        std::fs::remove_file(d.path().join(RECORD)).unwrap();
+        // A FIFO: reading it would wait for a writer forever.
+        let c = std::ffi::CString::new(d.path().join(RECORD).to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = claim(d.path(), &["stats.json"]).unwrap_err().to_string();
+        assert!(e.contains("is not the file pipeline keeps there"), "{e}");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"manifest.json\n");
     }
 
     #[test]

@@ -347,6 +347,9 @@ pub fn generate_shard(
     // The record is the tool's own file (never a user's), and a rerun removes it before it
     // changes anything, so a rerun killed part-way leaves a shard that merge calls unfinished.
     crate::owned::claim(&dir, &[RECORD])?;
+    let earlier: Option<ShardRecord> = crate::io::read_regular_to_string(&dir.join(RECORD))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     crate::generate::remove_if_present(&dir.join(RECORD))?;
     let opts = GenerateOptions {
         shard: Some(*shard),
@@ -354,7 +357,15 @@ pub fn generate_shard(
     };
     let report = generate(&scfg, &opts)?;
     if report.kept_earlier.is_some() {
-        // Nothing committed: the shard keeps its earlier record (if any), which merge checks.
+        // Nothing committed: the shard's set is the earlier one, so its record (the one that
+        // names that very manifest) goes back, and merge checks its inputs as usual (an input
+        // that changed since is named there).
+        let manifest = dir.join(crate::run_layout::RunLayout::MANIFEST);
+        if let Some(r) =
+            earlier.filter(|r| hash_file(&manifest).is_ok_and(|h| h == r.manifest_hash))
+        {
+            write_json(&dir.join(RECORD), &r)?;
+        }
         return Ok(report);
     }
     // The dataset as seen now; the shard's manifest must cover exactly its part of it.

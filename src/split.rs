@@ -406,7 +406,7 @@ fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<(
                 crate::generate::remove_if_present(&to)?;
             }
             if std::fs::hard_link(&from, &to).is_err() {
-                let bytes = std::fs::read(&from)
+                let bytes = crate::io::read_regular(&from)
                     .with_context(|| format!("cannot read {}", from.display()))?;
                 crate::io::write_atomic(&to, &bytes).with_context(|| {
                     format!("cannot link or copy {} to {}", from.display(), to.display())

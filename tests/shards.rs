@@ -488,6 +488,40 @@ fn a_users_shard_json_is_not_overwritten() {
     assert_eq!(std::fs::read(dir.join("shard.json")).unwrap(), b"mine");
 }
 
+/// A shard rerun whose sources now fail keeps its earlier set, and with it that set's record;
+/// merge sends the user back to that shard (its journal waits for `--resume`), and once the
+/// input is back and the shard resumed, the merge is that of a single run.
+#[test]
+fn a_shard_rerun_that_keeps_its_earlier_set_keeps_its_record() {
+    let c = Case::new();
+    let single = c.single();
+    let cfg = c.config("cfg", "out", 3);
+    c.ok(&["generate", "--config", &cfg, "--shard", "0/2"]);
+    c.ok(&["generate", "--config", &cfg, "--shard", "1/2"]);
+    let record_path = c.root.join("out/t/shards/0-of-2/shard.json");
+    let record = std::fs::read(&record_path).unwrap();
+    let images: Vec<(PathBuf, Vec<u8>)> = (1..=7)
+        .map(|i| {
+            let p = c.data.join(IMAGES).join(format!("image{i:03}.png"));
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::write(&p, b"").unwrap();
+            (p, bytes)
+        })
+        .collect();
+    let o = c.run(&["generate", "--config", &cfg, "--shard", "0/2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("earlier complete set"), "{}", text(&o));
+    assert_eq!(std::fs::read(&record_path).unwrap(), record);
+    let o = c.run(&["merge", "--config", &cfg]);
+    assert_refused(&o, &["shard 0-of-2", "--shard 0/2 --resume"]);
+    for (p, bytes) in images {
+        std::fs::write(p, bytes).unwrap();
+    }
+    c.ok(&["generate", "--config", &cfg, "--shard", "0/2", "--resume"]);
+    c.ok(&["merge", "--config", &cfg]);
+    assert_same(&c.root.join("out/t"), &single, "merge after the kept shard");
+}
+
 #[test]
 fn merge_refuses_changed_inputs_and_a_shard_whose_rerun_was_killed() {
     let c = Case::new();

@@ -103,8 +103,8 @@ impl LensVariant {
 ///
 /// Each is the operation [`Variant::operation`] builds, with one saving: the coordinates of a
 /// chained lens output (`barrel_k` is `barrel_(k-1)` and one more disc) are built on those of
-/// the chain one disc shorter ([`LensChain::field`]), which the `sin` and `pow` of the shorter
-/// chain's discs then cost only inside the new disc. The maps are the same bit for bit (tested).
+/// the chain one disc shorter ([`LensChain::field`]), so the chain's `sin` and `pow` run only for
+/// the pixels inside the new disc. The maps are the same bit for bit (tested).
 pub fn shared_operations(variants: &[Variant], w: u32, h: u32) -> HashMap<String, Operation> {
     let (wu, hu) = (w as usize, h as usize);
     let lenses: Vec<&LensVariant> = variants

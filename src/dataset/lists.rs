@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 /// The stems listed in a list file, in file order, without duplicates.
 pub fn read_list(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::io::read_regular_to_string(path)
         .with_context(|| format!("cannot read split list {}", path.display()))?;
     Ok(parse_list(&text))
 }

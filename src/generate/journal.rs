@@ -65,7 +65,7 @@ pub(super) struct JournalState {
 impl JournalState {
     pub(super) fn read(run: &RunLayout) -> Result<JournalState> {
         let path = run.journal();
-        let f = match File::open(&path) {
+        let f = match crate::io::open_regular(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),

@@ -422,9 +422,9 @@ impl Ctx<'_> {
     /// One source: read, hash, check, prepare, and write every variant not kept from an earlier
     /// run (into `staging/`).
     fn source(&self, src: &Source) -> Result<SourceOutput> {
-        let image_bytes = std::fs::read(&src.image)
+        let image_bytes = crate::io::read_regular(&src.image)
             .with_context(|| format!("cannot read {}", src.image.display()))?;
-        let truth_bytes = std::fs::read(&src.truth)
+        let truth_bytes = crate::io::read_regular(&src.truth)
             .with_context(|| format!("cannot read {}", src.truth.display()))?;
         // Decoded for every source, even one whose pairs are all kept (`--resume`): the pixel
         // hash finds the same photograph in another container, and the ground-truth warnings
@@ -577,7 +577,8 @@ pub fn pixel_hash(image: &image::RgbImage) -> String {
 fn load_fov(cfg: &Config, path: Option<&Path>) -> Result<Option<(GrayImage, String)>> {
     match path {
         Some(p) if cfg.generate.use_fov_mask => {
-            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let bytes = crate::io::read_regular(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             let img = crate::input::decode(p, &bytes, cfg.max_image_pixels)
                 .context("cannot read the field-of-view mask")?;
             Ok(Some((img.to_luma8(), hash_hex(&bytes))))

@@ -45,7 +45,7 @@ pub struct FailedSource {
 impl RunInfo {
     /// `run.json` of the run; `None` when it is missing or unreadable (it is informational).
     pub fn read(run: &RunLayout) -> Option<RunInfo> {
-        let text = std::fs::read_to_string(run.run_info()).ok()?;
+        let text = crate::io::read_regular_to_string(&run.run_info()).ok()?;
         serde_json::from_str(&text).ok()
     }
 }

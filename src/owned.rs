@@ -124,6 +124,34 @@ impl Owned {
     }
 }
 
+/// Refuses, before any work, a path of `folders` (the run's own folders: `master/`,
+/// `master.old/`, `dataset/` ...) that exists but is not a real folder: a link (the tool would
+/// write or remove files through it, in someone else's folder), a file or a FIFO (the commit would
+/// fail half-way). Absent folders are fine: the tool makes them.
+pub fn check_folders(folders: &[PathBuf]) -> Result<()> {
+    for dir in folders {
+        let Ok(meta) = dir.symlink_metadata() else {
+            continue;
+        };
+        let kind = meta.file_type();
+        if !kind.is_dir() {
+            let what = if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_file() {
+                "a file"
+            } else {
+                "not a folder (a FIFO, a socket or a device)"
+            };
+            bail!(
+                "{} is {what}, where pipeline keeps a folder of its own; nothing was written or \
+                 removed: move it away and rerun",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An exclusive advisory lock (`flock`, through `fs4`) on the folder itself, waited for and
 /// released when the returned handle is dropped; it leaves no file behind.
 fn lock_folder(dir: &Path) -> Result<std::fs::File> {
@@ -200,6 +228,22 @@ mod tests {
         let e = claim(d.path(), &["stats.json"]).unwrap_err().to_string();
         assert!(e.contains("is not the file pipeline keeps there"), "{e}");
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"manifest.json\n");
+    }
+
+    #[test]
+    fn the_run_s_folders_must_be_real_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let (real, link, file) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::fs::write(&file, b"x").unwrap();
+        check_folders(&[real.clone(), d.path().join("absent")]).unwrap();
+        let e = check_folders(&[real.clone(), link])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b is a symbolic link"), "{e}");
+        let e = check_folders(&[file]).unwrap_err().to_string();
+        assert!(e.contains("c is a file"), "{e}");
     }
 
     #[test]

@@ -149,6 +149,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     // The run folder's files this command writes or removes must be its own (crate::owned).
     let mut owned = crate::owned::Owned::open(&run_dir)?;
     owned.check(&OWN_FILES)?;
+    crate::owned::check_folders(&[run.master(), run.old_master(), run.dataset()])?;
     let prior = Prior::read(&run)?;
     let now = serde_json::to_value(cfg.generation_settings())?;
     prior.check(&run, &key, &now, opts.force)?;

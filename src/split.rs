@@ -341,11 +341,62 @@ pub fn counts(n: usize, ratios: [f64; 3]) -> [usize; 3] {
     c
 }
 
+/// Refuses, before anything changes, what `dataset/` holds that is not the tool's: an entry no
+/// record (`old`'s split or `new`'s) names, other than a tool temporary, and anything but a
+/// regular file at a recorded name (a folder or a link put there: the split would fail half-way,
+/// or remove someone's link).
+fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> {
+    let recorded: BTreeSet<String> = old
+        .pairs
+        .iter()
+        .chain(&new.pairs)
+        .filter_map(PairRecord::dataset_files)
+        .flatten()
+        .map(|(file, _)| file)
+        .collect();
+    for rel in &recorded {
+        let path = run.file(rel);
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| !m.file_type().is_file())
+        {
+            bail!(
+                "{} is not the file pipeline links there (a folder, a link or another kind of \
+                 entry); nothing was changed: move it away and rerun `pipeline split`",
+                path.display()
+            );
+        }
+    }
+    let dataset = run.dataset();
+    if !dataset.is_dir() {
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(&dataset).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot list {}", dataset.display()))?;
+        let rel = rel_path(run.root(), entry.path());
+        let name = entry.file_name().to_string_lossy();
+        if entry.file_type().is_dir()
+            || recorded.contains(&rel)
+            || crate::io::is_tool_temporary(&name)
+        {
+            continue;
+        }
+        bail!(
+            "{} is not recorded in {} (not made by this tool, or left by an unreadable \
+             manifest); nothing was changed: move it away and rerun `pipeline split`",
+            entry.path().display(),
+            run.manifest().display()
+        );
+    }
+    Ok(())
+}
+
 /// Lays `dataset/` out for `new`'s assignment, recording before acting: the files of `old`'s
 /// assignment are removed, `new` (without `split`, so readers see no complete split) is saved,
 /// then every file is linked (or copied atomically). Files in `dataset/` that no record names are
 /// refused by name, never deleted.
 fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<()> {
+    check_dataset(run, old, new)?;
     let info = new.split.take();
     if old.split.is_some() {
         let mut invalid = old.clone();

@@ -356,11 +356,43 @@ fn file_in_the_dataset_that_no_manifest_records_is_refused_by_name() {
     c.ok(&["split"]);
     let mine = c.run_dir().join("dataset/train/images/mine.png");
     std::fs::write(&mine, b"mine").unwrap();
+    let manifest = std::fs::read(c.run_dir().join("manifest.json")).unwrap();
+    let before = run_tree(&c.run_dir());
     assert_refused(
         &c.run(&["split"]),
-        &["mine.png", "is not recorded in", "move it away"],
+        &["mine.png", "is not recorded in", "nothing was changed"],
     );
     assert_eq!(std::fs::read(&mine).unwrap(), b"mine");
+    // Refused before anything changed: the split and its manifest are as they were.
+    assert!(run_tree(&c.run_dir()) == before, "the run changed");
+    std::fs::remove_file(&mine).unwrap();
+    // A folder, then a link, at a name the split recorded: refused, nothing changed.
+    let recorded = c.run_dir().join("dataset/train/images");
+    let victim = std::fs::read_dir(&recorded)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "png"))
+        .unwrap();
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::create_dir(&victim).unwrap();
+    assert_refused(
+        &c.run(&["split"]),
+        &["is not the file pipeline links there"],
+    );
+    assert_eq!(
+        std::fs::read(c.run_dir().join("manifest.json")).unwrap(),
+        manifest
+    );
+    std::fs::remove_dir(&victim).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", &victim).unwrap();
+    assert_refused(
+        &c.run(&["split"]),
+        &["is not the file pipeline links there"],
+    );
+    assert!(victim.symlink_metadata().unwrap().file_type().is_symlink());
+    std::fs::remove_file(&victim).unwrap();
+    c.ok(&["split"]);
+    assert_verified(&c);
 }
 
 // ---------------------------------------------------------- 2. one writer, readers refuse
@@ -1219,7 +1251,9 @@ fn verify_after_a_killed_split_says_the_run_is_incomplete() {
 }
 
 #[test]
-fn verify_after_a_refused_split_says_the_run_is_incomplete() {
+/// A split refused for a file of the user's in `dataset/` is refused before it changes anything:
+/// the earlier split stands, and `verify` names the stray file.
+fn verify_after_a_refused_split_sees_the_earlier_split_and_the_stray_file() {
     let c = Case::new(3);
     c.ok(&["generate"]);
     c.ok(&["split"]);
@@ -1228,8 +1262,18 @@ fn verify_after_a_refused_split_says_the_run_is_incomplete() {
         r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
         r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
     );
-    assert_refused(&c.run(&["split"]), &["mine.png"]);
-    assert_refused(&c.run(&["verify"]), &["incomplete", "pipeline split"]);
+    assert_refused(&c.run(&["split"]), &["mine.png", "nothing was changed"]);
+    let v = c.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(1), "{}", stderr(&v));
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        out.contains("extra: dataset/train/images/mine.png"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("changed:") && !out.contains("missing:"),
+        "{out}"
+    );
 }
 
 #[test]

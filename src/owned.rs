@@ -81,17 +81,11 @@ impl Owned {
             // in its place): replacing it would fail half-way or discard it.
             let kind = meta.file_type();
             if !kind.is_file() {
-                let what = if kind.is_dir() {
-                    "a folder"
-                } else if kind.is_symlink() {
-                    "a symbolic link"
-                } else {
-                    "not a regular file"
-                };
                 bail!(
-                    "{} is {what}, where pipeline keeps a file it writes; nothing was written or \
+                    "{} is {}, where pipeline keeps a file it writes; nothing was written or \
                      removed: move it away and rerun",
-                    path.display()
+                    path.display(),
+                    entry_kind(kind)
                 );
             }
         }
@@ -124,6 +118,20 @@ impl Owned {
     }
 }
 
+/// What a directory entry is, for messages: "a folder", "a file", "a symbolic link" or "a FIFO,
+/// a socket or a device".
+fn entry_kind(kind: std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a folder"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_file() {
+        "a file"
+    } else {
+        "a FIFO, a socket or a device"
+    }
+}
+
 /// Refuses, before any work, a path of `folders` (the run's own folders: `master/`,
 /// `master.old/`, `dataset/` ...) that exists but is not a real folder: a link (the tool would
 /// write or remove files through it, in someone else's folder), a file or a FIFO (the commit would
@@ -135,17 +143,11 @@ pub fn check_folders(folders: &[PathBuf]) -> Result<()> {
         };
         let kind = meta.file_type();
         if !kind.is_dir() {
-            let what = if kind.is_symlink() {
-                "a symbolic link"
-            } else if kind.is_file() {
-                "a file"
-            } else {
-                "not a folder (a FIFO, a socket or a device)"
-            };
             bail!(
-                "{} is {what}, where pipeline keeps a folder of its own; nothing was written or \
+                "{} is {}, where pipeline keeps a folder of its own; nothing was written or \
                  removed: move it away and rerun",
-                dir.display()
+                dir.display(),
+                entry_kind(kind)
             );
         }
     }

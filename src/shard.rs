@@ -264,15 +264,8 @@ pub struct ShardRecord {
     pub threads: usize,
 }
 
-/// A failed source of a shard.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Failed {
-    /// File stem of the failed source.
-    pub stem: String,
-    /// Why it failed (the error message).
-    pub error: String,
-}
+/// A failed source of a shard: the record `manifest.json` keeps too.
+pub type Failed = crate::manifest::FailedRecord;
 
 /// The dataset as one shard saw it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -405,14 +398,7 @@ pub fn generate_shard(
             crate::config::ImageFormat::Jpeg => "jpg".into(),
         },
         inputs,
-        failed: report
-            .failed
-            .iter()
-            .map(|p| Failed {
-                stem: p.stem.clone(),
-                error: p.message.clone(),
-            })
-            .collect(),
+        failed: crate::generate::failed_records(&report.failed),
         pairs: manifest.pairs.len(),
         manifest_hash: hash_file(&dir.join(crate::run_layout::RunLayout::MANIFEST))?,
         wall_seconds: report.seconds,

@@ -394,7 +394,7 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
 /// Lays `dataset/` out for `new`'s assignment, recording before acting: the files of `old`'s
 /// assignment are removed, `new` (without `split`, so readers see no complete split) is saved,
 /// then every file is linked (or copied atomically). Files in `dataset/` that no record names are
-/// refused by name, never deleted.
+/// refused by name before anything changes ([`check_dataset`]), never deleted.
 fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<()> {
     check_dataset(run, old, new)?;
     let info = new.split.take();
@@ -411,34 +411,9 @@ fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<(
     }
     new.save(run)?;
     commit_point("split: new split recorded");
-    let dataset = run.dataset();
-    let expected: BTreeSet<String> = new
-        .pairs
-        .iter()
-        .filter_map(PairRecord::dataset_files)
-        .flatten()
-        .map(|(file, _)| file)
-        .collect();
-    if dataset.is_dir() {
-        for entry in walkdir::WalkDir::new(&dataset).sort_by_file_name() {
-            let entry = entry.with_context(|| format!("cannot list {}", dataset.display()))?;
-            if entry.file_type().is_dir() {
-                continue;
-            }
-            let rel = rel_path(run.root(), entry.path());
-            let name = entry.file_name().to_string_lossy();
-            if crate::io::is_tool_temporary(&name) {
-                crate::generate::remove_if_present(entry.path())?;
-            } else if !expected.contains(&rel) {
-                bail!(
-                    "{} is not recorded in {} (not made by this tool, or left by an unreadable \
-                     manifest); move it away and rerun `pipeline split`",
-                    entry.path().display(),
-                    run.manifest().display()
-                );
-            }
-        }
-    }
+    // What else is there was refused by check_dataset (the run's lock keeps it so): only the
+    // tool's temporaries of an earlier, killed split go.
+    crate::generate::remove_temporaries(&run.dataset())?;
     for split in Split::ALL {
         for part in [PairPart::Image, PairPart::Mask] {
             let d = run.split_dir(split, part);

@@ -131,7 +131,7 @@ pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Removes the tool's temporary files ([`crate::io::is_tool_temporary`]) under `dir`.
-pub(super) fn remove_temporaries(dir: &Path) -> Result<()> {
+pub(crate) fn remove_temporaries(dir: &Path) -> Result<()> {
     for f in files_under(dir)? {
         if f.file_name()
             .and_then(|n| n.to_str())

@@ -50,7 +50,7 @@ mod journal;
 mod run_info;
 mod staging;
 
-pub(crate) use commit::{commit_external, remove_if_present, ExternalSet};
+pub(crate) use commit::{commit_external, remove_if_present, remove_temporaries, ExternalSet};
 use commit::{finish_commit, staged};
 
 use journal::{start_journal, Begin, Header, Journal, Kept, Prior};

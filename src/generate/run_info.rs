@@ -33,14 +33,8 @@ pub struct GenerateRun {
     pub committed: bool,
 }
 
-/// A source the generation could not use, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FailedSource {
-    /// File stem of the source photograph, e.g. `image001`.
-    pub stem: String,
-    /// Why it could not be used (the error message).
-    pub error: String,
-}
+/// A source the generation could not use, and why: the record `manifest.json` keeps too.
+pub type FailedSource = crate::manifest::FailedRecord;
 
 impl RunInfo {
     /// `run.json` of the run; `None` when it is missing or unreadable (it is informational).
@@ -62,14 +56,7 @@ pub(super) fn write_run_info(run: &RunLayout, r: &GenerateReport, threads: usize
             } else {
                 threads
             },
-            failed_sources: r
-                .failed
-                .iter()
-                .map(|p| FailedSource {
-                    stem: p.stem.clone(),
-                    error: p.message.clone(),
-                })
-                .collect(),
+            failed_sources: super::failed_records(&r.failed),
             committed: r.kept_earlier.is_none(),
         },
     };

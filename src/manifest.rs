@@ -288,7 +288,8 @@ pub struct VerifyReport {
     /// Files listed in the manifest (master and dataset) that were looked at.
     pub checked: usize,
     /// Listed files whose blake3 differs from the manifest (or that could not be read);
-    /// paths relative to the run folder.
+    /// paths relative to the run folder. A link, folder or other non-file at a recorded name is
+    /// listed too, with its kind in parentheses after the path.
     pub changed: Vec<String>,
     /// Listed files that are not there.
     pub missing: Vec<String>,
@@ -348,14 +349,22 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
             expected.insert(file, hash);
         }
     }
+    // The tool writes regular files: a link at a recorded name is a change even when it leads
+    // to the same bytes (the set is no longer what was generated, and a write through it would
+    // land elsewhere); it is listed with its kind, and a folder or FIFO there likewise.
     let results: Vec<(String, Option<bool>)> = expected
         .par_iter()
         .map(|(rel, hash)| {
             let path = run.file(rel);
-            let state = if path.is_file() {
-                Some(hash_file(&path).map(|h| h == *hash).unwrap_or(false))
-            } else {
-                None
+            let state = match std::fs::symlink_metadata(&path) {
+                Err(_) => None,
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return (format!("{rel} (symbolic link)"), Some(false));
+                }
+                Ok(meta) if !meta.is_file() => {
+                    return (format!("{rel} (not a regular file)"), Some(false));
+                }
+                Ok(_) => Some(hash_file(&path).map(|h| h == *hash).unwrap_or(false)),
             };
             (rel.clone(), state)
         })

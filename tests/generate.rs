@@ -236,6 +236,20 @@ fn verify_reports_changed_missing_and_extra_files() {
         s.contains("extra: master/masks/link.png (symbolic link)"),
         "{s}"
     );
+    // A recorded file replaced by a link to a copy of its own bytes is a change: the tool
+    // writes regular files, and a write through the link would land elsewhere.
+    let recorded = master.join("images/image003_orig.png");
+    let copy = d.path().join("copy.png");
+    std::fs::copy(&recorded, &copy).unwrap();
+    std::fs::remove_file(&recorded).unwrap();
+    std::os::unix::fs::symlink(&copy, &recorded).unwrap();
+    let out = pipeline(&["verify", "--config", c]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("changed: master/images/image003_orig.png (symbolic link)"),
+        "{s}"
+    );
     // A config whose generation settings are not the set's: refused before hashing, naming the
     // setting (the files match their manifest, not what this config makes).
     let other = d.path().join("other.json");

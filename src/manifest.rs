@@ -144,7 +144,46 @@ pub struct PairRecord {
     pub split: Option<Split>,
 }
 
+/// True for a name that is one plain path component: not empty, not `.` or `..`, without `/`,
+/// `\\` or NUL, so that joining it to a folder stays in that folder.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
 impl PairRecord {
+    /// Checks that the record names only files the generator writes: `name` and `source` plain
+    /// names ([`is_plain_name`]), `image` = `master/images/<name>.<ext>` (ext letters and
+    /// digits), `mask` = `master/masks/<name>.png`. The tool removes and replaces the files a
+    /// manifest or journal records, so a hand-edited path (absolute, with `..`, another folder)
+    /// must not reach it. Errors: what is wrong, with the pair's name.
+    pub fn check_paths(&self) -> Result<()> {
+        let name = &self.name;
+        anyhow::ensure!(
+            is_plain_name(name) && is_plain_name(&self.source),
+            "a pair record has name {name:?} and source {:?}; both must be plain file names",
+            self.source
+        );
+        let ext_ok = self
+            .image
+            .strip_prefix("master/images/")
+            .and_then(|f| f.strip_prefix(name.as_str()))
+            .and_then(|f| f.strip_prefix('.'))
+            .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric()));
+        anyhow::ensure!(
+            ext_ok,
+            "pair {name} records the image {:?}, which is not a file pipeline writes \
+             (master/images/{name}.<ext>)",
+            self.image
+        );
+        anyhow::ensure!(
+            self.mask == format!("master/masks/{name}.png"),
+            "pair {name} records the mask {:?}, which is not a file pipeline writes \
+             (master/masks/{name}.png)",
+            self.mask
+        );
+        Ok(())
+    }
+
     /// The pair's two master files: (part, path relative to the run folder, blake3 hex).
     pub fn master_files(&self) -> [(PairPart, &str, &str); 2] {
         [
@@ -268,12 +307,22 @@ impl Manifest {
                 })
             }
         };
-        serde_json::from_str(&text).with_context(|| {
+        let m: Manifest = serde_json::from_str(&text).with_context(|| {
             format!(
                 "{} is not a valid manifest (rerun `pipeline generate --force` to rebuild it)",
                 path.display()
             )
-        })
+        })?;
+        for p in &m.pairs {
+            p.check_paths().with_context(|| {
+                format!(
+                    "{} is not a valid manifest (edited by hand?); rerun `pipeline generate \
+                     --force` to rebuild it",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(m)
     }
 
     /// Writes `manifest.json` of the run atomically.

@@ -154,6 +154,31 @@ pub fn check_folders(folders: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses, before any work, an entry at a file name a manifest records (`files`, relative to
+/// `root`) that is not a regular file: a folder there stops the replacement of the set half-way
+/// (it cannot be removed as a file), and a link or FIFO is not what the tool wrote. Absent files
+/// are fine.
+pub fn check_recorded_files<'a>(
+    root: &Path,
+    files: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    for rel in files {
+        let path = root.join(rel);
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        if !meta.is_file() {
+            bail!(
+                "{} is {}, where manifest.json records a file pipeline wrote; nothing was \
+                 written or removed: move it away and rerun",
+                path.display(),
+                entry_kind(meta.file_type())
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An exclusive advisory lock (`flock`, through `fs4`) on the folder itself, waited for and
 /// released when the returned handle is dropped; it leaves no file behind.
 fn lock_folder(dir: &Path) -> Result<std::fs::File> {

@@ -135,6 +135,50 @@ impl Drop for RunLock {
     }
 }
 
+/// Opens (creating) the lock file `path` for reading and writing, refusing anything but a regular
+/// file of its own name: a link (the holder's line would be written into whatever it leads to),
+/// a folder, or a FIFO (opening one blocks until a writer comes). `O_NOFOLLOW | O_NONBLOCK`:
+/// neither is followed nor waited for, and the kind is checked before any byte moves.
+fn open_lock_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(meta) = path.symlink_metadata() {
+        if !meta.is_file() {
+            bail!(
+                "{} exists and is not a lock file of pipeline ({}); nothing was written: move \
+                 it away, or choose another `name`/--out",
+                path.display(),
+                if meta.file_type().is_symlink() {
+                    "a symbolic link"
+                } else if meta.is_dir() {
+                    "a folder"
+                } else {
+                    "a FIFO, a socket or a device"
+                }
+            );
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    let kind = file
+        .metadata()
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?
+        .file_type();
+    if !kind.is_file() {
+        bail!(
+            "{} is not a lock file of pipeline (not a regular file); move it away, or choose \
+             another `name`/--out",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Takes the exclusive lock of `run_dir` for `command` (creating the folder when `create`).
 /// Errors: the folder is missing (and not `create`), or another process holds the lock (the
 /// message names the folder, the holder's pid and command).
@@ -149,29 +193,25 @@ pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
         );
     }
     let path = run_dir.join(LOCK_FILE);
+    let mut file = open_lock_file(&path)?;
     // The lock file is emptied by its holder; content that is not a holder's line is not ours.
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if !text.is_empty() && !text.starts_with("pid ") {
-            bail!(
-                "{} exists and was not made by pipeline (it is not a lock file of this tool); \
-                 nothing was overwritten: move it away, or choose another `name`/--out",
-                path.display()
-            );
-        }
-    } else if path.symlink_metadata().is_ok() {
+    let mut text = String::new();
+    if file.read_to_string(&mut text).is_err() {
         bail!(
             "{} exists and is not a lock file of pipeline (not a readable text file); move it \
              away, or choose another `name`/--out",
             path.display()
         );
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    if !text.is_empty() && !text.starts_with("pid ") {
+        bail!(
+            "{} exists and was not made by pipeline (it is not a lock file of this tool); \
+             nothing was overwritten: move it away, or choose another `name`/--out",
+            path.display()
+        );
+    }
+    file.rewind()
+        .with_context(|| format!("cannot read the lock file {}", path.display()))?;
     match fs4::FileExt::try_lock(&file) {
         Ok(()) => {}
         Err(fs4::TryLockError::WouldBlock) => {
@@ -216,13 +256,7 @@ pub fn lock_shared(run_dir: &Path, command: &str) -> Result<SharedRunLock> {
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
     let path = run_dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    let mut file = open_lock_file(&path)?;
     match fs4::FileExt::try_lock_shared(&file) {
         Ok(()) => Ok(SharedRunLock { _file: file }),
         Err(fs4::TryLockError::WouldBlock) => {

@@ -165,6 +165,24 @@ impl RunLayout {
         self.root.join(Self::DATASET)
     }
 
+    /// Every folder of the run that pipeline makes and writes or removes files in: `master/` and
+    /// `master.old/` with their `images/` and `masks/`, `dataset/` with each split's folder and
+    /// its `images/` and `masks/` ([`crate::owned::check_folders`] refuses a link or a file at
+    /// any of them).
+    pub fn own_folders(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for set in [self.master(), self.old_master()] {
+            out.extend([PairPart::Image, PairPart::Mask].map(|p| set.join(p.dir())));
+            out.push(set);
+        }
+        out.push(self.dataset());
+        for split in Split::ALL {
+            out.push(self.split_root(split));
+            out.extend([PairPart::Image, PairPart::Mask].map(|p| self.split_dir(split, p)));
+        }
+        out
+    }
+
     /// `dataset/<split>/`.
     pub fn split_root(&self, split: Split) -> PathBuf {
         self.dataset().join(split.name())

@@ -88,7 +88,7 @@ pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
     let run = cfg.layout();
     crate::generate::check_generated_by(cfg, &m)?;
     crate::owned::claim(run.root(), &[RunLayout::MANIFEST])?;
-    crate::owned::check_folders(&[run.dataset()])?;
+    crate::owned::check_folders(&run.own_folders())?;
     let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;

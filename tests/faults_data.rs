@@ -1720,3 +1720,142 @@ fn first_run_whose_sources_all_fail_commits_nothing() {
     c.ok(&["generate", "--resume"]);
     assert_verified(&c);
 }
+
+#[test]
+fn link_at_a_folder_of_the_set_is_refused_and_nothing_is_removed_through_it() {
+    for folder in [
+        "master/images",
+        "master/masks",
+        "dataset/train",
+        "dataset/train/images",
+    ] {
+        let c = Case::new(2);
+        c.ok(&["generate"]);
+        c.ok(&["split"]);
+        let run = c.run_dir();
+        // The user's folder, holding copies of the set's files under the same names.
+        let mine = c.root.join("mine");
+        std::fs::rename(run.join(folder), &mine).unwrap();
+        std::fs::write(mine.join("notes.txt"), b"mine").unwrap();
+        std::os::unix::fs::symlink(&mine, run.join(folder)).unwrap();
+        let before = tree(&mine);
+        for args in [&["generate"][..], &["generate", "--force"], &["split"]] {
+            assert_refused(
+                &c.run(args),
+                &[folder, "a symbolic link", "nothing was written"],
+            );
+            assert_eq!(
+                tree(&mine),
+                before,
+                "{folder}: {args:?} changed the linked folder"
+            );
+        }
+    }
+}
+
+#[test]
+fn folder_at_a_recorded_file_name_is_refused_before_any_change() {
+    for rel in ["master/masks", "dataset/valid/images"] {
+        let c = Case::new(2);
+        c.ok(&["generate"]);
+        c.ok(&["split"]);
+        let run = c.run_dir();
+        let manifest = c.manifest();
+        let pair = &manifest["pairs"][0];
+        let name = pair["name"].as_str().unwrap();
+        let split = pair["split"].as_str().unwrap();
+        let target = match rel {
+            "master/masks" => run.join(format!("master/masks/{name}.png")),
+            _ => {
+                // The first pair's dataset file, whatever split it is in.
+                run.join(format!("dataset/{split}/images/{name}.png"))
+            }
+        };
+        std::fs::remove_file(&target).unwrap();
+        std::fs::create_dir(&target).unwrap();
+        let before = run_tree(&run);
+        for args in [&["generate"][..], &["generate", "--force"]] {
+            assert_refused(
+                &c.run(args),
+                &["a folder", "records a file", "nothing was written"],
+            );
+            assert_eq!(run_tree(&run), before, "{rel}: {args:?} changed the run");
+        }
+        std::fs::remove_dir(&target).unwrap();
+        c.ok(&["generate"]);
+        c.ok(&["split"]);
+        assert_verified(&c);
+    }
+}
+
+#[test]
+fn manifest_paths_outside_the_set_are_refused_and_never_removed() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let run = c.run_dir();
+    let precious = c.root.join("precious.txt");
+    for bad in [
+        precious.display().to_string(),
+        "master/images/../../../precious.txt".to_string(),
+    ] {
+        std::fs::write(&precious, b"mine").unwrap();
+        let mut m = c.manifest();
+        m["pairs"][0]["image"] = serde_json::Value::String(bad.clone());
+        std::fs::write(run.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_refused(
+            &c.run(&["verify"]),
+            &["not a valid manifest", "not a file pipeline writes"],
+        );
+        for args in [&["generate"][..], &["generate", "--force"]] {
+            let _ = c.run(args);
+            assert_eq!(
+                std::fs::read(&precious).unwrap(),
+                b"mine",
+                "{bad}: {args:?}"
+            );
+        }
+        c.ok(&["generate", "--force"]);
+        assert_verified(&c);
+    }
+    // The same path in a hand-edited journal is skipped: neither kept nor removed.
+    let journal = run.join("generate.journal");
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    let _ = c.run(&["generate", "--force"]);
+    std::fs::write(&precious, b"mine").unwrap();
+    if let Ok(text) = std::fs::read_to_string(&journal) {
+        let edited = text.replacen(
+            "\"master/images/",
+            &format!("\"{}\", \"x\": \"", precious.display()),
+            1,
+        );
+        std::fs::write(&journal, edited).unwrap();
+        let _ = c.run(&["generate", "--resume"]);
+        let _ = c.run(&["generate", "--force"]);
+        assert_eq!(std::fs::read(&precious).unwrap(), b"mine");
+    }
+}
+
+#[test]
+fn lock_file_that_is_a_fifo_or_a_link_is_refused_without_waiting() {
+    let c = Case::new(1);
+    c.ok(&["generate"]);
+    let lock = c.run_dir().join("pipeline.lock");
+    std::fs::remove_file(&lock).unwrap();
+    let fifo = std::ffi::CString::new(lock.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    for args in [&["verify"][..], &["generate"], &["split"]] {
+        assert_refused(
+            &c.run(args),
+            &["pipeline.lock", "not a lock file of pipeline"],
+        );
+    }
+    std::fs::remove_file(&lock).unwrap();
+    let mine = c.root.join("mine.txt");
+    std::fs::write(&mine, b"").unwrap();
+    std::os::unix::fs::symlink(&mine, &lock).unwrap();
+    assert_refused(&c.run(&["verify"]), &["pipeline.lock", "a symbolic link"]);
+    assert_eq!(std::fs::read(&mine).unwrap(), b"");
+    std::fs::remove_file(&lock).unwrap();
+    assert_verified(&c);
+}

@@ -221,8 +221,9 @@ pub(crate) fn commit_external(
     // The run folder's files the merge writes must be its own, as for generate (crate::owned).
     let mut owned = crate::owned::Owned::open(&run_dir)?;
     owned.check(&OWN_FILES)?;
-    crate::owned::check_folders(&[run.master(), run.old_master(), run.dataset()])?;
+    crate::owned::check_folders(&run.own_folders())?;
     let prior = Prior::read(&run)?;
+    prior.check_recorded_entries(&run)?;
     let now = serde_json::to_value(&set.manifest.generation)?;
     prior.check(&run, &key, &now, force)?;
     owned.claim(&OWN_FILES)?;

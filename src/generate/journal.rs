@@ -82,13 +82,15 @@ impl JournalState {
         // A line cut by a kill does not parse and is skipped.
         for l in lines.map_while(|l| l.ok()) {
             match serde_json::from_str::<Line>(&l) {
-                Ok(Line::Begin { begin }) => {
+                // A record naming a path the generator does not write (a hand-edited journal)
+                // is skipped like a cut line: its files are neither kept nor removed.
+                Ok(Line::Begin { begin }) if crate::manifest::is_plain_name(&begin.stem) => {
                     s.begins.insert(begin.stem.clone(), begin);
                 }
-                Ok(Line::Pair(p)) => {
+                Ok(Line::Pair(p)) if p.check_paths().is_ok() => {
                     s.pairs.insert(p.name.clone(), *p);
                 }
-                Err(_) => {}
+                Ok(_) | Err(_) => {}
             }
         }
         Ok(s)
@@ -102,8 +104,14 @@ impl JournalState {
             .flat_map(|p| [p.image.clone(), p.mask.clone()])
             .collect();
         if let Some(Some(h)) = &self.header {
-            for stem in self.begins.keys() {
-                for v in &h.variants {
+            let ext_ok =
+                !h.image_ext.is_empty() && h.image_ext.bytes().all(|b| b.is_ascii_alphanumeric());
+            for stem in self.begins.keys().filter(|_| ext_ok) {
+                for v in h
+                    .variants
+                    .iter()
+                    .filter(|v| crate::manifest::is_plain_name(v))
+                {
                     out.insert(format!("master/images/{stem}_{v}.{}", h.image_ext));
                     out.insert(format!("master/masks/{stem}_{v}.png"));
                 }
@@ -143,6 +151,32 @@ impl Prior {
             journal,
             unrecorded_master,
         })
+    }
+
+    /// Refuses a folder, link or other non-file at a name a readable manifest or commit
+    /// record of the folder names, in `master/` or `dataset/` ([`crate::owned::check_recorded_files`]).
+    pub(super) fn check_recorded_entries(&self, run: &RunLayout) -> Result<()> {
+        for m in [&self.manifest, &self.commit]
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dataset: Vec<String> = m
+                .pairs
+                .iter()
+                .filter_map(|p| p.dataset_files())
+                .flat_map(|f| f.map(|(rel, _)| rel))
+                .collect();
+            let master = m
+                .pairs
+                .iter()
+                .flat_map(|p| [p.image.as_str(), p.mask.as_str()]);
+            crate::owned::check_recorded_files(
+                run.root(),
+                master.chain(dataset.iter().map(String::as_str)),
+            )?;
+        }
+        Ok(())
     }
 
     pub(super) fn manifest_ok(&self) -> Option<&Manifest> {

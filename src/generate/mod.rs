@@ -149,8 +149,9 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     // The run folder's files this command writes or removes must be its own (crate::owned).
     let mut owned = crate::owned::Owned::open(&run_dir)?;
     owned.check(&OWN_FILES)?;
-    crate::owned::check_folders(&[run.master(), run.old_master(), run.dataset()])?;
+    crate::owned::check_folders(&run.own_folders())?;
     let prior = Prior::read(&run)?;
+    prior.check_recorded_entries(&run)?;
     let now = serde_json::to_value(cfg.generation_settings())?;
     prior.check(&run, &key, &now, opts.force)?;
     owned.claim(&OWN_FILES)?;

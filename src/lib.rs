@@ -461,6 +461,21 @@ fn warn_failed(cfg: &Config, m: &manifest::Manifest) {
     }
 }
 
+/// `s` with control characters escaped (`\n`, `\u{1b}` ...): a file name is printed as one line
+/// that cannot move the cursor or forge another line of the report.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect()
+}
+
 fn run_verify(cfg: &Config) -> Result<ExitCode> {
     // A reader: refused while a writer holds the folder (it would see half-made state).
     let _lock = lock_run(cfg, "verify", false)?;
@@ -472,19 +487,30 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
         ("failed source", &r.failed),
     ] {
         for f in list {
-            println!("{what}: {f}");
+            println!("{what}: {}", printable(f));
         }
+    }
+    for f in &r.records {
+        println!("{}", printable(f));
     }
     if r.is_clean() {
         println!("verified {} files: all match manifest.json", r.checked);
         Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            "verify failed: {} changed, {} missing, {} extra (of {} listed files){}",
+            "verify failed: {} changed, {} missing, {} extra (of {} listed files){}{}",
             r.changed.len(),
             r.missing.len(),
             r.extra.len(),
             r.checked,
+            if r.records.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} pair record(s) are not one per source and variant of this config",
+                    r.records.len()
+                )
+            },
             if r.failed.is_empty() {
                 String::new()
             } else {

@@ -344,6 +344,9 @@ pub struct VerifyReport {
     pub missing: Vec<String>,
     /// Sources the manifest records as not generated ([`Manifest::failed`]): `stem: error`.
     pub failed: Vec<String>,
+    /// Pair records that are not one per recorded source and variant of the config
+    /// (`missing record: <name>`, `duplicate record: <name>`, `extra record: <name>`).
+    pub records: Vec<String>,
     /// Files in `master/` or `dataset/` that the manifest does not list; a link or another
     /// kind of entry (not a folder) is listed too, with its kind in parentheses after the path.
     pub extra: Vec<String>,
@@ -356,6 +359,7 @@ impl VerifyReport {
             && self.missing.is_empty()
             && self.extra.is_empty()
             && self.failed.is_empty()
+            && self.records.is_empty()
     }
 }
 
@@ -389,6 +393,9 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
         );
     }
     crate::generate::check_generated_by(cfg, &m)?;
+    if let Some(info) = &m.split {
+        crate::split::check_split_settings(cfg, info)?;
+    }
     let mut expected: BTreeMap<String, &str> = BTreeMap::new();
     for p in &m.pairs {
         for (_, file, hash) in p.master_files() {
@@ -411,7 +418,10 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
                     return (format!("{rel} (symbolic link)"), Some(false));
                 }
                 Ok(meta) if !meta.is_file() => {
-                    return (format!("{rel} (not a regular file)"), Some(false));
+                    return (
+                        format!("{rel} ({})", kind_label(meta.file_type())),
+                        Some(false),
+                    );
                 }
                 Ok(_) => Some(hash_file(&path).map(|h| h == *hash).unwrap_or(false)),
             };
@@ -427,6 +437,7 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
             .collect(),
         ..Default::default()
     };
+    report.records = record_problems(cfg, &m);
     for (rel, state) in results {
         match state {
             Some(true) => {}
@@ -450,15 +461,60 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
             if !known.contains(&rel) {
                 report.extra.push(if kind.is_file() {
                     rel
-                } else if kind.is_symlink() {
-                    format!("{rel} (symbolic link)")
                 } else {
-                    format!("{rel} (not a regular file)")
+                    format!("{rel} ({})", kind_label(kind))
                 });
             }
         }
     }
     Ok(report)
+}
+
+/// Pair records that are not one per (recorded source, variant of the config): a pair of a
+/// generated source without a record (`missing record: <name>`), a name recorded twice
+/// (`duplicate record: <name>`), a record of no recorded source or variant (`extra record:
+/// <name>`). A set trimmed by hand, records and files together, matches its files but is not
+/// what the config generates.
+fn record_problems(cfg: &crate::config::Config, m: &Manifest) -> Vec<String> {
+    let variants: Vec<String> = crate::augment::plan(&cfg.generate.variants)
+        .iter()
+        .map(crate::augment::Variant::name)
+        .collect();
+    let failed: BTreeSet<&str> = m.failed.iter().map(|f| f.stem.as_str()).collect();
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    for s in m
+        .sources
+        .iter()
+        .filter(|s| !failed.contains(s.stem.as_str()))
+    {
+        want.extend(variants.iter().map(|v| format!("{}_{v}", s.stem)));
+    }
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut out = Vec::new();
+    for p in &m.pairs {
+        if !seen.insert(&p.name) {
+            out.push(format!("duplicate record: {}", p.name));
+        } else if !want.contains(&p.name) {
+            out.push(format!("extra record: {}", p.name));
+        }
+    }
+    out.extend(
+        want.iter()
+            .filter(|n| !seen.contains(n.as_str()))
+            .map(|n| format!("missing record: {n}")),
+    );
+    out
+}
+
+/// What an entry that is not a regular file is, for verify's lists.
+fn kind_label(kind: std::fs::FileType) -> &'static str {
+    if kind.is_symlink() {
+        "symbolic link"
+    } else if kind.is_dir() {
+        "folder"
+    } else {
+        "FIFO, socket or device"
+    }
 }
 
 /// `path` relative to `base`, with forward slashes.

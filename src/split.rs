@@ -50,6 +50,13 @@ pub fn require_complete(cfg: &Config) -> Result<Manifest> {
             cfg.layout().manifest().display()
         );
     };
+    check_split_settings(cfg, info)?;
+    Ok(m)
+}
+
+/// Refuses a config whose `split` section is not the one the recorded split was made with
+/// (mode, ratios, `test_originals_only`), naming the first difference.
+pub fn check_split_settings(cfg: &Config, info: &crate::manifest::SplitInfo) -> Result<()> {
     // The split on disk must be the one this config's `split` section makes.
     let s = &cfg.split;
     let differs = if info.mode != s.mode {
@@ -78,7 +85,7 @@ pub fn require_complete(cfg: &Config) -> Result<Manifest> {
             cfg.layout().root().display()
         );
     }
-    Ok(m)
+    Ok(())
 }
 
 /// Splits the run's master set as the config says and writes `dataset/` and the manifest.

@@ -1263,6 +1263,19 @@ fn verify_after_a_refused_split_sees_the_earlier_split_and_the_stray_file() {
         r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
     );
     assert_refused(&c.run(&["split"]), &["mine.png", "nothing was changed"]);
+    // The recorded split is the earlier config's: verify with the new one says so (exit 2) ...
+    let v = c.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(2), "{}", stderr(&v));
+    assert!(
+        stderr(&v).contains("does not match the split"),
+        "{}",
+        stderr(&v)
+    );
+    // ... and with the config it was split with, it sees that split and the stray file.
+    c.edit_config(
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+    );
     let v = c.run(&["verify"]);
     assert_eq!(v.status.code(), Some(1), "{}", stderr(&v));
     let out = String::from_utf8_lossy(&v.stdout);

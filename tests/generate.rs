@@ -426,3 +426,100 @@ fn jpeg_output_is_deterministic_full_chroma_and_its_encoder_is_recorded() {
     );
     assert!(png_manifest["generation"].get("jpeg_encoder").is_none());
 }
+
+#[test]
+fn verify_checks_the_records_the_split_settings_and_prints_names_safely() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    tiny_dataset(&data, 3, 64, 64);
+    let cfg = small_config(d.path(), &data, "");
+    let c = cfg.to_str().unwrap();
+    pipeline_ok(&["generate", "--config", c]);
+    let run = d.path().join("out/t");
+    let path = run.join("manifest.json");
+    let original = std::fs::read(&path).unwrap();
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut m: Value = serde_json::from_slice(&original).unwrap();
+        f(&mut m);
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    };
+    // A pair trimmed from the records (its files too): the set matches its files but lacks a
+    // variant the config makes.
+    edit(&|m| {
+        let pairs = m["pairs"].as_array_mut().unwrap();
+        let i = pairs
+            .iter()
+            .position(|p| p["name"] == "image002_hflip")
+            .unwrap();
+        pairs.remove(i);
+    });
+    let hidden = d.path().join("hidden");
+    std::fs::create_dir_all(&hidden).unwrap();
+    for f in ["images/image002_hflip.png", "masks/image002_hflip.png"] {
+        let name = f.replace('/', "_");
+        std::fs::rename(run.join("master").join(f), hidden.join(name)).unwrap();
+    }
+    let out = pipeline(&["verify", "--config", c]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("missing record: image002_hflip"), "{s}");
+    // A record listed twice.
+    for f in ["images/image002_hflip.png", "masks/image002_hflip.png"] {
+        let name = f.replace('/', "_");
+        std::fs::rename(hidden.join(name), run.join("master").join(f)).unwrap();
+    }
+    edit(&|m| {
+        let pairs = m["pairs"].as_array_mut().unwrap();
+        let first = pairs[0].clone();
+        pairs.push(first);
+    });
+    let s = String::from_utf8_lossy(&pipeline(&["verify", "--config", c]).stdout).to_string();
+    assert!(s.contains("duplicate record: image001_"), "{s}");
+    std::fs::write(&path, &original).unwrap();
+    pipeline_ok(&["verify", "--config", c]);
+    // A file name with a line break cannot forge a line of the report.
+    let sneaky = run.join("master/images/a\nverified 9 files: all match manifest.json");
+    std::fs::write(&sneaky, b"x").unwrap();
+    let out = pipeline(&["verify", "--config", c]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("extra: master/images/a\\nverified 9 files") && !s.contains("\nverified 9"),
+        "{s}"
+    );
+    std::fs::remove_file(&sneaky).unwrap();
+    // A folder at a recorded name is named as a folder.
+    let rec = run.join("master/masks/image003_orig.png");
+    std::fs::remove_file(&rec).unwrap();
+    std::fs::create_dir(&rec).unwrap();
+    let s = String::from_utf8_lossy(&pipeline(&["verify", "--config", c]).stdout).to_string();
+    assert!(
+        s.contains("changed: master/masks/image003_orig.png (folder)"),
+        "{s}"
+    );
+    std::fs::remove_dir(&rec).unwrap();
+    pipeline_ok(&["generate", "--config", c]);
+    // A config whose split section differs from the recorded split: refused like stats does.
+    pipeline_ok(&["split", "--config", c]);
+    pipeline_ok(&["verify", "--config", c]);
+    let other = d.path().join("other.json");
+    let json = std::fs::read_to_string(&cfg).unwrap();
+    let json = json.replacen(
+        r#""name": "t","#,
+        r#""name": "t", "split": {"train": 0.5, "valid": 0.25, "test": 0.25},"#,
+        1,
+    );
+    std::fs::write(&other, json).unwrap();
+    let out = pipeline(&["verify", "--config", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("does not match the split"), "{e}");
+    // Generating again replaces the set and removes its split: said, not silent.
+    let out = pipeline(&["generate", "--config", c]);
+    assert!(out.status.success(), "{out:?}");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("split of the set this generation replaced was removed"),
+        "{e}"
+    );
+}

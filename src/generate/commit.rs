@@ -40,6 +40,13 @@ pub(super) fn finish_commit(run: &RunLayout, old: Option<&Manifest>) -> Result<V
             }
         }
         remove_empty_dirs(&run.dataset());
+        if old.pairs.iter().any(|p| p.split.is_some()) {
+            notes.push(format!(
+                "the split of the set this generation replaced was removed from {}; run \
+                 `pipeline split` to split the new set",
+                run.dataset().display()
+            ));
+        }
         commit_point("generate: old split removed");
     } else if run.dataset().exists() && !files_under(&run.dataset())?.is_empty() {
         notes.push(format!(

@@ -250,6 +250,13 @@ fn force_removes_only_files_the_tool_recorded() {
     let run = c.run_dir();
     std::fs::write(run.join("master/images/my-notes.txt"), b"mine").unwrap();
     std::fs::write(run.join("my-results.csv"), b"mine").unwrap();
+    // A recorded file edited since (a mask touched up by hand): not the tool's bytes any more.
+    let name = c.manifest()["pairs"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let edited = format!("masks/{name}.png");
+    std::fs::write(run.join("master").join(&edited), b"my touched-up mask").unwrap();
     c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
     assert_refused(&c.run(&["generate"]), &["holds a different run", "--force"]);
     let o = c.run(&["generate", "--force"]);
@@ -260,7 +267,31 @@ fn force_removes_only_files_the_tool_recorded() {
         std::fs::read(run.join("unrecorded-1/images/my-notes.txt")).unwrap(),
         b"mine"
     );
+    assert_eq!(
+        std::fs::read(run.join("unrecorded-1").join(&edited)).unwrap(),
+        b"my touched-up mask"
+    );
+    assert!(stderr(&o).contains("edited?"), "{}", stderr(&o));
+    // Its split copy is a hard link of it, so it was edited too: left in dataset/, with a note.
+    assert!(
+        stderr(&o).contains("1 file(s) of the old split"),
+        "{}",
+        stderr(&o)
+    );
+    let left = files_named(&run.join("dataset"), &format!("{name}.png"));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(std::fs::read(&left[0]).unwrap(), b"my touched-up mask");
+    std::fs::remove_file(&left[0]).unwrap();
     assert_verified(&c);
+}
+
+/// Files named `name` anywhere under `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    tree(dir)
+        .into_iter()
+        .filter(|(p, _)| p.ends_with(&format!("/{name}")))
+        .map(|(p, _)| dir.join(p))
+        .collect()
 }
 
 #[test]

@@ -34,12 +34,26 @@ pub(super) fn finish_commit(run: &RunLayout, old: Option<&Manifest>) -> Result<V
     let old_master = run.old_master();
     let staging = run.staging();
     if let Some(old) = old {
-        for p in &old.pairs {
-            for (file, _) in p.dataset_files().into_iter().flatten() {
-                remove_if_present(&run.file(&file))?;
-            }
-        }
+        let files: Vec<(String, &str)> = old
+            .pairs
+            .iter()
+            .flat_map(|p| p.dataset_files().into_iter().flatten())
+            .collect();
+        let kept = files
+            .par_iter()
+            .map(|(file, hash)| remove_if_unchanged(&run.file(file), hash))
+            .collect::<Result<Vec<bool>>>()?
+            .into_iter()
+            .filter(|removed| !removed)
+            .count();
         remove_empty_dirs(&run.dataset());
+        if kept > 0 {
+            notes.push(format!(
+                "{kept} file(s) of the old split in {} differ from what manifest.json recorded \
+                 (edited?) and were not deleted; move them away before `pipeline split`",
+                run.dataset().display()
+            ));
+        }
         if old.pairs.iter().any(|p| p.split.is_some()) {
             notes.push(format!(
                 "the split of the set this generation replaced was removed from {}; run \
@@ -90,12 +104,21 @@ pub(super) fn clear_old_master(
     if !dir.exists() {
         return Ok(());
     }
-    for p in old.map(|m| m.pairs.as_slice()).unwrap_or_default() {
-        for rel in [&p.image, &p.mask] {
+    // Recorded files are removed only with the recorded bytes: one edited since stays, and is
+    // moved below with the files no manifest recorded.
+    let recorded: Vec<(&str, &str)> = old
+        .map(|m| m.pairs.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|p| p.master_files().map(|(_, rel, hash)| (rel, hash)))
+        .collect();
+    recorded
+        .par_iter()
+        .map(|(rel, hash)| {
             let rel = rel.strip_prefix("master/").unwrap_or(rel);
-            remove_if_present(&dir.join(rel))?;
-        }
-    }
+            remove_if_unchanged(&dir.join(rel), hash)
+        })
+        .collect::<Result<Vec<bool>>>()?;
     remove_temporaries(&dir)?;
     remove_empty_dirs(&dir);
     if dir.exists() {
@@ -113,7 +136,8 @@ pub(super) fn clear_old_master(
         rename(&dir, &to)?;
         notes.push(format!(
             "{} file(s) in the old master set that no manifest recorded (not made by this \
-             tool?) were not deleted: they are now in {}",
+             tool?), or whose bytes differ from the record (edited?), were not deleted: they \
+             are now in {}",
             count,
             to.display()
         ));
@@ -175,6 +199,20 @@ pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
     }
+}
+
+/// Removes the file at `path` if it holds the bytes recorded for it (blake3 hex `hash`); a
+/// file with other bytes (edited after the tool wrote it) or one that cannot be read is left in
+/// place. Returns whether nothing of it is left (removed, or absent).
+fn remove_if_unchanged(path: &Path, hash: &str) -> Result<bool> {
+    if path.symlink_metadata().is_err() {
+        return Ok(true);
+    }
+    if !crate::io::hash_file(path).is_ok_and(|h| h == hash) {
+        return Ok(false);
+    }
+    remove_if_present(path)?;
+    Ok(true)
 }
 
 pub(super) fn rename(from: &Path, to: &Path) -> Result<()> {

@@ -158,6 +158,7 @@ impl PairRecord {
     /// must not reach it. Errors: what is wrong, with the pair's name.
     pub fn check_paths(&self) -> Result<()> {
         let name = &self.name;
+        let shown = name.escape_debug();
         anyhow::ensure!(
             is_plain_name(name) && is_plain_name(&self.source),
             "a pair record has name {name:?} and source {:?}; both must be plain file names",
@@ -171,14 +172,14 @@ impl PairRecord {
             .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric()));
         anyhow::ensure!(
             ext_ok,
-            "pair {name} records the image {:?}, which is not a file pipeline writes \
-             (master/images/{name}.<ext>)",
+            "pair {shown} records the image {:?}, which is not a file pipeline writes \
+             (master/images/{shown}.<ext>)",
             self.image
         );
         anyhow::ensure!(
             self.mask == format!("master/masks/{name}.png"),
-            "pair {name} records the mask {:?}, which is not a file pipeline writes \
-             (master/masks/{name}.png)",
+            "pair {shown} records the mask {:?}, which is not a file pipeline writes \
+             (master/masks/{shown}.png)",
             self.mask
         );
         Ok(())
@@ -313,6 +314,15 @@ impl Manifest {
                 path.display()
             )
         })?;
+        if let Some(s) = m.sources.iter().find(|s| !is_plain_name(&s.stem)) {
+            anyhow::bail!(
+                "{} is not a valid manifest (edited by hand?); rerun `pipeline generate \
+                 --force` to rebuild it: a source has the stem {:?}, which must be a plain file \
+                 name",
+                path.display(),
+                s.stem
+            );
+        }
         for p in &m.pairs {
             p.check_paths().with_context(|| {
                 format!(
@@ -393,6 +403,8 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
         );
     }
     crate::generate::check_generated_by(cfg, &m)?;
+    // A link or file in place of one of the set's folders: the files would be read through it.
+    crate::owned::check_folders(&run.own_folders())?;
     if let Some(info) = &m.split {
         crate::split::check_split_settings(cfg, info)?;
     }
@@ -496,6 +508,11 @@ fn record_problems(cfg: &crate::config::Config, m: &Manifest) -> Vec<String> {
             out.push(format!("duplicate record: {}", p.name));
         } else if !want.contains(&p.name) {
             out.push(format!("extra record: {}", p.name));
+        } else if p.name != format!("{}_{}", p.source, p.variant) {
+            out.push(format!(
+                "record {} names source {} and variant {}, not its own",
+                p.name, p.source, p.variant
+            ));
         }
     }
     out.extend(

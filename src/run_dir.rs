@@ -165,14 +165,22 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-    let kind = file
+    let meta = file
         .metadata()
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?
-        .file_type();
-    if !kind.is_file() {
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    if !meta.is_file() {
         bail!(
             "{} is not a lock file of pipeline (not a regular file); move it away, or choose \
              another `name`/--out",
+            path.display()
+        );
+    }
+    // A hard link shares its bytes with another name, outside the run folder perhaps: the
+    // holder's line would be written there too.
+    if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        bail!(
+            "{} is not a lock file of pipeline (it is a hard link of another file); nothing was \
+             written: move it away, or choose another `name`/--out",
             path.display()
         );
     }

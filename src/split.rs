@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 
 use crate::config::{Config, SplitMode};
 use crate::dataset::layout::{TEST_LIST, TRAIN_LIST};
@@ -348,20 +349,28 @@ pub fn counts(n: usize, ratios: [f64; 3]) -> [usize; 3] {
     c
 }
 
-/// Refuses, before anything changes, what `dataset/` holds that is not the tool's: an entry no
-/// record (`old`'s split or `new`'s) names, other than a tool temporary, and anything but a
-/// regular file at a recorded name (a folder or a link put there: the split would fail half-way,
-/// or remove someone's link).
+/// Refuses, before anything changes, what `dataset/` holds that is not the tool's: an entry the
+/// recorded split (`old`'s) does not name, other than a tool temporary or a file with exactly
+/// the bytes `new`'s split puts at its name (a file of the user's at a name the new split writes
+/// would otherwise be overwritten); anything but a regular file at a
+/// recorded name (a folder or a link put there: the split would fail half-way, or remove
+/// someone's link); a recorded file whose bytes are no longer the recorded ones (edited since:
+/// removing it would lose the edit). The master files the split links must be regular files
+/// too ([`crate::owned::check_recorded_files`]).
 fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> {
-    let recorded: BTreeSet<String> = old
+    crate::owned::check_recorded_files(
+        run.root(),
+        old.pairs
+            .iter()
+            .flat_map(|p| [p.image.as_str(), p.mask.as_str()]),
+    )?;
+    let recorded: BTreeMap<String, &str> = old
         .pairs
         .iter()
-        .chain(&new.pairs)
         .filter_map(PairRecord::dataset_files)
         .flatten()
-        .map(|(file, _)| file)
         .collect();
-    for rel in &recorded {
+    for rel in recorded.keys() {
         let path = run.file(rel);
         if path
             .symlink_metadata()
@@ -374,6 +383,37 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
             );
         }
     }
+    let edited: Vec<&String> = recorded
+        .par_iter()
+        .filter(|(rel, hash)| {
+            let path = run.file(rel);
+            path.exists() && !hash_file(&path).is_ok_and(|h| h == **hash)
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    if let Some(rel) = edited.first() {
+        bail!(
+            "{} differs from what {} records (edited since the split?; {} file(s) like it); \
+             nothing was changed: move it away and rerun `pipeline split`",
+            run.file(rel).display(),
+            run.manifest().display(),
+            edited.len()
+        );
+    }
+    // A file no record names, at a name the new split writes, holding exactly the bytes that
+    // go there (the split of a set whose manifest became unreadable, made again): kept as the
+    // split's own, since nothing of it would be lost.
+    let new_files: BTreeMap<String, &str> = new
+        .pairs
+        .iter()
+        .filter_map(PairRecord::dataset_files)
+        .flatten()
+        .collect();
+    let same_as_new = |rel: &str, path: &std::path::Path| {
+        new_files
+            .get(rel)
+            .is_some_and(|hash| hash_file(path).is_ok_and(|h| h == *hash))
+    };
     let dataset = run.dataset();
     if !dataset.is_dir() {
         return Ok(());
@@ -383,8 +423,9 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
         let rel = rel_path(run.root(), entry.path());
         let name = entry.file_name().to_string_lossy();
         if entry.file_type().is_dir()
-            || recorded.contains(&rel)
+            || recorded.contains_key(&rel)
             || crate::io::is_tool_temporary(&name)
+            || same_as_new(&rel, entry.path())
         {
             continue;
         }

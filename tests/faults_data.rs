@@ -1901,5 +1901,127 @@ fn lock_file_that_is_a_fifo_or_a_link_is_refused_without_waiting() {
     assert_refused(&c.run(&["verify"]), &["pipeline.lock", "a symbolic link"]);
     assert_eq!(std::fs::read(&mine).unwrap(), b"");
     std::fs::remove_file(&lock).unwrap();
+    std::fs::hard_link(&mine, &lock).unwrap();
+    assert_refused(&c.run(&["verify"]), &["pipeline.lock", "hard link"]);
+    assert_eq!(std::fs::read(&mine).unwrap(), b"");
+    std::fs::remove_file(&lock).unwrap();
     assert_verified(&c);
+    // A link in place of one of the set's folders: verify refuses it instead of reading through.
+    let images = c.run_dir().join("master/images");
+    let away = c.root.join("images-away");
+    std::fs::rename(&images, &away).unwrap();
+    std::os::unix::fs::symlink(&away, &images).unwrap();
+    assert_refused(&c.run(&["verify"]), &["master/images is a symbolic link"]);
+}
+
+#[test]
+fn split_refuses_a_user_file_where_it_would_link_and_an_edited_split_file() {
+    // Never split: a file of the user's at a name the split writes is refused, not overwritten.
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let run = c.run_dir();
+    let name = c.manifest()["pairs"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut placed = Vec::new();
+    for split in ["train", "valid", "test"] {
+        let f = run.join(format!("dataset/{split}/masks/{name}.png"));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, b"mine").unwrap();
+        placed.push(f);
+    }
+    assert_refused(
+        &c.run(&["split"]),
+        &["is not recorded", "nothing was changed"],
+    );
+    for f in &placed {
+        assert_eq!(std::fs::read(f).unwrap(), b"mine");
+        std::fs::remove_file(f).unwrap();
+    }
+    c.ok(&["split"]);
+    // Split: a split file replaced by an edited copy (not the master's link) is refused by a
+    // re-split with other ratios, before anything changes.
+    let m = c.manifest();
+    let p = &m["pairs"][0];
+    let f = run.join(format!(
+        "dataset/{}/images/{}.png",
+        p["split"].as_str().unwrap(),
+        p["name"].as_str().unwrap()
+    ));
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes.extend_from_slice(b"EDIT");
+    std::fs::remove_file(&f).unwrap();
+    std::fs::write(&f, &bytes).unwrap();
+    c.edit_config(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+    );
+    let before = run_tree(&run);
+    assert_refused(
+        &c.run(&["split"]),
+        &["differs from what", "edited", "nothing was changed"],
+    );
+    assert_eq!(run_tree(&run), before);
+    std::fs::remove_file(&f).unwrap();
+    c.ok(&["split"]);
+    assert_verified(&c);
+}
+
+#[test]
+fn split_refuses_a_non_file_at_a_recorded_master_name() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    let run = c.run_dir();
+    let name = c.manifest()["pairs"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = run.join(format!("master/masks/{name}.png"));
+    let outside = c.root.join("outside.png");
+    std::fs::copy(&target, &outside).unwrap();
+    c.edit_config(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+    );
+    std::fs::remove_file(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, &target).unwrap();
+    let before = run_tree(&run);
+    assert_refused(&c.run(&["split"]), &["a symbolic link", "records a file"]);
+    assert_eq!(run_tree(&run), before);
+    std::fs::remove_file(&target).unwrap();
+    std::fs::create_dir(&target).unwrap();
+    assert_refused(&c.run(&["split"]), &["a folder", "records a file"]);
+    std::fs::remove_dir(&target).unwrap();
+    std::fs::copy(&outside, &target).unwrap();
+    c.ok(&["split"]);
+    assert_verified(&c);
+}
+
+#[test]
+fn manifest_with_a_source_stem_that_is_a_path_is_refused() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let run = c.run_dir();
+    let mut m = c.manifest();
+    m["sources"][0]["stem"] = serde_json::Value::String("../../victim/x".into());
+    std::fs::write(run.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    for args in [&["preview"][..], &["split"], &["verify"], &["stats"]] {
+        assert_refused(&c.run(args), &["not a valid manifest", "plain file name"]);
+    }
+    assert!(!c.root.join("victim").exists());
+    // A record whose source or variant is not the one its name says: verify reports it.
+    c.ok(&["generate", "--force"]);
+    let mut m = c.manifest();
+    let other = m["sources"][1]["stem"].clone();
+    m["pairs"][0]["source"] = other;
+    std::fs::write(run.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = c.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not its own"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

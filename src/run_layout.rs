@@ -172,8 +172,9 @@ impl RunLayout {
     pub fn own_folders(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for set in [self.master(), self.old_master()] {
-            out.extend([PairPart::Image, PairPart::Mask].map(|p| set.join(p.dir())));
+            let parts = [PairPart::Image, PairPart::Mask].map(|p| set.join(p.dir()));
             out.push(set);
+            out.extend(parts);
         }
         out.push(self.dataset());
         for split in Split::ALL {

@@ -97,6 +97,7 @@ pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
     crate::generate::check_generated_by(cfg, &m)?;
     crate::owned::claim(run.root(), &[RunLayout::MANIFEST])?;
     crate::owned::check_folders(&run.own_folders())?;
+    crate::generate::remove_root_temporaries(&run)?;
     let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;
@@ -364,6 +365,43 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
             .iter()
             .flat_map(|p| [p.image.as_str(), p.mask.as_str()]),
     )?;
+    // The master files the split links must be there with their recorded bytes: a missing one
+    // would stop the split half-way, an edited one would be linked in silently.
+    let master: Vec<(&str, &str)> = old
+        .pairs
+        .iter()
+        .flat_map(|p| p.master_files().map(|(_, rel, hash)| (rel, hash)))
+        .collect();
+    let bad: Vec<(&str, bool)> = master
+        .par_iter()
+        .filter_map(|(rel, hash)| {
+            let path = run.file(rel);
+            if !path.exists() {
+                Some((*rel, true))
+            } else if !hash_file(&path).is_ok_and(|h| h == *hash) {
+                Some((*rel, false))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if let Some((rel, missing)) = bad.first() {
+        bail!(
+            "{} {} (and {} more master file(s) like it); nothing was changed: run `pipeline \
+             generate` with this config to make the set again (an edited file is moved to \
+             unrecorded-N/, not deleted), then `pipeline split`",
+            run.file(rel).display(),
+            if *missing {
+                format!("is missing, though {} records it", run.manifest().display())
+            } else {
+                format!(
+                    "differs from what {} records (edited since it was generated?)",
+                    run.manifest().display()
+                )
+            },
+            bad.len() - 1
+        );
+    }
     let recorded: BTreeMap<String, &str> = old
         .pairs
         .iter()
@@ -425,7 +463,7 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
         if entry.file_type().is_dir()
             || recorded.contains_key(&rel)
             || crate::io::is_tool_temporary(&name)
-            || same_as_new(&rel, entry.path())
+            || (entry.file_type().is_file() && same_as_new(&rel, entry.path()))
         {
             continue;
         }

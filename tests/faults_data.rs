@@ -2025,3 +2025,81 @@ fn manifest_with_a_source_stem_that_is_a_path_is_refused() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn split_refuses_a_missing_or_edited_master_file_before_any_change() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    let run = c.run_dir();
+    let name = c.manifest()["pairs"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let master = run.join(format!("master/images/{name}.png"));
+    c.edit_config(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+    );
+    // Missing: refused before the old split is touched, naming the command that remakes it.
+    let away = c.root.join("away.png");
+    std::fs::rename(&master, &away).unwrap();
+    let before = run_tree(&run);
+    assert_refused(&c.run(&["split"]), &["is missing", "pipeline generate"]);
+    assert_eq!(run_tree(&run), before);
+    std::fs::rename(&away, &master).unwrap();
+    // Edited in place (its split copy is the same file): refused, naming the master file.
+    let mut bytes = std::fs::read(&master).unwrap();
+    bytes.extend_from_slice(b"EDIT");
+    std::fs::write(&master, &bytes).unwrap();
+    let before = run_tree(&run);
+    assert_refused(
+        &c.run(&["split"]),
+        &["master/images", "edited since it was generated"],
+    );
+    assert_eq!(run_tree(&run), before);
+    // The way back the message gives: generate keeps the edit aside, then split.
+    let o = c.run(&["generate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let left = files_named(&run.join("dataset"), &format!("{name}.png"));
+    for f in left {
+        std::fs::remove_file(f).unwrap();
+    }
+    c.ok(&["split"]);
+    assert_verified(&c);
+    // A symbolic link at a name the split writes is refused even when it leads to the bytes.
+    let m = c.manifest();
+    let p = &m["pairs"][0];
+    let f = run.join(format!(
+        "dataset/{}/images/{}.png",
+        p["split"].as_str().unwrap(),
+        p["name"].as_str().unwrap()
+    ));
+    c.edit_config(
+        r#""train": 0.34, "valid": 0.33, "test": 0.33"#,
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+    );
+    let _ = c.run(&["generate"]);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&f);
+    std::os::unix::fs::symlink(&master, &f).unwrap();
+    assert_refused(
+        &c.run(&["split"]),
+        &["is not recorded", "nothing was changed"],
+    );
+    assert!(f.symlink_metadata().unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn temporaries_in_the_run_folder_are_removed_by_the_next_writer() {
+    let c = Case::new(1);
+    c.ok(&["generate"]);
+    let run = c.run_dir();
+    let tmp = run.join(".tmp-AbC123.json");
+    std::fs::write(&tmp, b"{\"cut").unwrap();
+    let mine = run.join(".tmp-notes.txt");
+    std::fs::write(&mine, b"mine").unwrap();
+    c.ok(&["split"]);
+    assert!(!tmp.exists());
+    assert_eq!(std::fs::read(&mine).unwrap(), b"mine");
+}

@@ -174,6 +174,26 @@ pub(crate) fn remove_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes the tool's temporary files ([`crate::io::is_tool_temporary`]) directly in the run
+/// folder (a `manifest.json` or `stats.json` cut by a kill before its rename); the caller holds
+/// the run's exclusive lock, so none of them is being written.
+pub(crate) fn remove_root_temporaries(run: &RunLayout) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(run.root()) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file
+            && e.file_name()
+                .to_str()
+                .is_some_and(crate::io::is_tool_temporary)
+        {
+            remove_if_present(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes `dir` and its sub-folders where they are empty (bottom-up); never removes a file.
 pub(super) fn remove_empty_dirs(dir: &Path) {
     if !dir.is_dir() {
@@ -274,6 +294,7 @@ pub(crate) fn commit_external(
     owned.claim(&OWN_FILES)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+    remove_root_temporaries(&run)?;
     let mut notes = Vec::new();
     let old = if let Some(Ok(_)) = &prior.commit {
         notes.extend(finish_commit(&run, prior.manifest_ok())?);

@@ -50,7 +50,9 @@ mod journal;
 mod run_info;
 mod staging;
 
-pub(crate) use commit::{commit_external, remove_if_present, remove_temporaries, ExternalSet};
+pub(crate) use commit::{
+    commit_external, remove_if_present, remove_root_temporaries, remove_temporaries, ExternalSet,
+};
 use commit::{finish_commit, staged};
 
 use journal::{start_journal, Begin, Header, Journal, Kept, Prior};
@@ -157,6 +159,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
     owned.claim(&OWN_FILES)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+    remove_root_temporaries(&run)?;
     // A commit that was under way is finished first: its set is complete and recorded.
     let old = if let Some(Ok(_)) = &prior.commit {
         notes.extend(finish_commit(&run, prior.manifest_ok())?);

@@ -13,6 +13,11 @@ use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
 
 use crate::config::{JpegSubsampling, PngFilter};
 
+/// Prefix of the tool's temporary files ([`write_atomic`], [`write_atomic_with`]): a name in the
+/// tool's own namespace (like `.pipeline-owned`), so that a leftover of a killed run can be told
+/// from a file of the user's (a plain `.tmp-*` name is not the tool's and is never removed).
+pub const TEMP_PREFIX: &str = ".pipeline-tmp-";
+
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync-free rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
@@ -20,7 +25,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     tmp.write_all(bytes)
@@ -61,11 +66,11 @@ pub fn write_in_staging(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Whether `name` is one of the tool's temporary files: [`write_atomic`]'s `.tmp-` and six
-/// letters or digits (the `tempfile` crate's random part), with [`write_atomic_with`]'s
-/// extension after them. Only such names are removed as leftovers of a killed run.
+/// Whether `name` is one of the tool's temporary files: [`TEMP_PREFIX`] and six letters or
+/// digits (the `tempfile` crate's random part), with [`write_atomic_with`]'s extension after
+/// them. Only such names are removed as leftovers of a killed run.
 pub fn is_tool_temporary(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(".tmp-") else {
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
         return false;
     };
     let (random, ext) = rest.split_at(rest.len().min(6));
@@ -87,7 +92,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
     let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(TEMP_PREFIX)
         .suffix(&suffix)
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
@@ -371,7 +376,7 @@ mod tests {
         })
         .unwrap();
         let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(TEMP_PREFIX)
             .tempfile_in(d.path())
             .unwrap();
         seen.borrow_mut().push(
@@ -386,6 +391,10 @@ mod tests {
             assert!(is_tool_temporary(name), "{name}");
         }
         for name in [
+            ".tmp-abcdef",
+            ".tmp-Ab12Cd.txt",
+            ".pipeline-tmp-mine",
+            ".pipeline-tmp-abcdefg",
             ".tmp-mine",
             ".tmp-abcdefg",
             ".tmp-abc!ef",

@@ -97,7 +97,6 @@ pub fn split(cfg: &Config, mut m: Manifest) -> Result<SplitReport> {
     crate::generate::check_generated_by(cfg, &m)?;
     crate::owned::claim(run.root(), &[RunLayout::MANIFEST])?;
     crate::owned::check_folders(&run.own_folders())?;
-    crate::generate::remove_root_temporaries(&run)?;
     let old = m.clone();
     let mut report = SplitReport::default();
     let s = &cfg.split;
@@ -350,14 +349,16 @@ pub fn counts(n: usize, ratios: [f64; 3]) -> [usize; 3] {
     c
 }
 
-/// Refuses, before anything changes, what `dataset/` holds that is not the tool's: an entry the
-/// recorded split (`old`'s) does not name, other than a tool temporary or a file with exactly
-/// the bytes `new`'s split puts at its name (a file of the user's at a name the new split writes
-/// would otherwise be overwritten); anything but a regular file at a
-/// recorded name (a folder or a link put there: the split would fail half-way, or remove
-/// someone's link); a recorded file whose bytes are no longer the recorded ones (edited since:
-/// removing it would lose the edit). The master files the split links must be regular files
-/// too ([`crate::owned::check_recorded_files`]).
+/// Refuses, before anything changes:
+/// - a master file the split links that is not a regular file, is missing, or no longer holds
+///   its recorded bytes (the split would stop half-way, or link an edit in silently);
+/// - anything but a regular file at a name of the recorded split (`old`'s): a folder or a link
+///   put there (the split would fail half-way, or remove someone's link);
+/// - a file of the recorded split whose bytes are no longer the recorded ones (removing it
+///   would lose the edit);
+/// - any other entry in `dataset/`, except a tool temporary and a regular file holding exactly
+///   the bytes `new`'s split puts at its name (a file of the user's at a name the new split
+///   writes would otherwise be overwritten).
 fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> {
     crate::owned::check_recorded_files(
         run.root(),
@@ -387,9 +388,9 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
         .collect();
     if let Some((rel, missing)) = bad.first() {
         bail!(
-            "{} {} (and {} more master file(s) like it); nothing was changed: run `pipeline \
-             generate` with this config to make the set again (an edited file is moved to \
-             unrecorded-N/, not deleted), then `pipeline split`",
+            "{} {}{}; nothing was changed: run `pipeline generate` with this config to make \
+             the set again (an edited file is moved to unrecorded-N/, not deleted), then \
+             `pipeline split`",
             run.file(rel).display(),
             if *missing {
                 format!("is missing, though {} records it", run.manifest().display())
@@ -399,7 +400,10 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
                     run.manifest().display()
                 )
             },
-            bad.len() - 1
+            match bad.len() - 1 {
+                0 => String::new(),
+                n => format!(" (and {n} more master file(s) like it)"),
+            }
         );
     }
     let recorded: BTreeMap<String, &str> = old
@@ -483,6 +487,7 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
 /// refused by name before anything changes ([`check_dataset`]), never deleted.
 fn link_dataset(run: &RunLayout, old: &Manifest, new: &mut Manifest) -> Result<()> {
     check_dataset(run, old, new)?;
+    crate::generate::remove_root_temporaries(run)?;
     let info = new.split.take();
     if old.split.is_some() {
         let mut invalid = old.clone();

@@ -91,7 +91,7 @@ fn assert_clean(out: &Output, tree_root: &Path) {
         {
             let name = e.file_name().to_string_lossy();
             assert!(
-                !name.starts_with(".tmp-") && !name.ends_with(".tmp"),
+                !name.starts_with(".pipeline-tmp-") && !name.ends_with(".tmp"),
                 "temporary file left: {}",
                 e.path().display()
             );

@@ -2095,11 +2095,36 @@ fn temporaries_in_the_run_folder_are_removed_by_the_next_writer() {
     let c = Case::new(1);
     c.ok(&["generate"]);
     let run = c.run_dir();
-    let tmp = run.join(".tmp-AbC123.json");
+    let tmp = run.join(".pipeline-tmp-AbC123.json");
     std::fs::write(&tmp, b"{\"cut").unwrap();
-    let mine = run.join(".tmp-notes.txt");
-    std::fs::write(&mine, b"mine").unwrap();
+    // Names like other programs' temporaries are the user's: never removed.
+    let mine: Vec<_> = [".tmp-notes.txt", ".tmp-Ab12Cd.txt", ".tmp-123456"]
+        .iter()
+        .map(|n| run.join(n))
+        .collect();
+    for f in &mine {
+        std::fs::write(f, b"mine").unwrap();
+    }
+    // A refused split changes nothing, not even the tool's own temporaries.
+    let stray = run.join("dataset/stray.txt");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"x").unwrap();
+    assert_refused(&c.run(&["split"]), &["stray.txt", "nothing was changed"]);
+    assert!(tmp.exists());
+    std::fs::remove_file(&stray).unwrap();
     c.ok(&["split"]);
     assert!(!tmp.exists());
-    assert_eq!(std::fs::read(&mine).unwrap(), b"mine");
+    for f in &mine {
+        assert_eq!(std::fs::read(f).unwrap(), b"mine");
+    }
+    // In the set's folders too: generate moves them aside with the other unrecorded files.
+    let in_master = run.join("master/images/.tmp-Zz99Yy");
+    std::fs::write(&in_master, b"mine").unwrap();
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    let o = c.run(&["generate", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(run.join("unrecorded-1/images/.tmp-Zz99Yy")).unwrap(),
+        b"mine"
+    );
 }

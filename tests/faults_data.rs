@@ -280,6 +280,11 @@ fn force_removes_only_files_the_tool_recorded() {
     );
     let left = files_named(&run.join("dataset"), &format!("{name}.png"));
     assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        stderr(&o).contains(&format!("e.g. {}", left[0].display())),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(std::fs::read(&left[0]).unwrap(), b"my touched-up mask");
     std::fs::remove_file(&left[0]).unwrap();
     assert_verified(&c);

@@ -39,19 +39,23 @@ pub(super) fn finish_commit(run: &RunLayout, old: Option<&Manifest>) -> Result<V
             .iter()
             .flat_map(|p| p.dataset_files().into_iter().flatten())
             .collect();
-        let kept = files
+        let removed = files
             .par_iter()
             .map(|(file, hash)| remove_if_unchanged(&run.file(file), hash))
-            .collect::<Result<Vec<bool>>>()?
-            .into_iter()
-            .filter(|removed| !removed)
-            .count();
+            .collect::<Result<Vec<bool>>>()?;
+        let kept: Vec<&String> = files
+            .iter()
+            .zip(&removed)
+            .filter(|(_, removed)| !**removed)
+            .map(|((file, _), _)| file)
+            .collect();
         remove_empty_dirs(&run.dataset());
-        if kept > 0 {
+        if let Some(first) = kept.first() {
             notes.push(format!(
-                "{kept} file(s) of the old split in {} differ from what manifest.json recorded \
-                 (edited?) and were not deleted; move them away before `pipeline split`",
-                run.dataset().display()
+                "{} file(s) of the old split differ from what manifest.json recorded (edited?) \
+                 and were not deleted, e.g. {}; move them away before `pipeline split`",
+                kept.len(),
+                run.file(first).display()
             ));
         }
         if old.pairs.iter().any(|p| p.split.is_some()) {

@@ -465,13 +465,12 @@ fn warn_failed(cfg: &Config, m: &manifest::Manifest) {
 /// that cannot move the cursor or forge another line of the report.
 fn printable(s: &str) -> String {
     s.chars()
-        .flat_map(|c| {
-            let e: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
             } else {
-                vec![c]
-            };
-            e
+                c.to_string()
+            }
         })
         .collect()
 }

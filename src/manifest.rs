@@ -234,6 +234,23 @@ impl SplitInfo {
 }
 
 impl Manifest {
+    /// Every master file the records name: (path relative to the run folder, blake3 hex).
+    pub fn master_files(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs
+            .iter()
+            .flat_map(|p| p.master_files().map(|(_, rel, hash)| (rel, hash)))
+    }
+
+    /// Every file of the recorded split in `dataset/`: path relative to the run folder -> blake3
+    /// hex (empty when nothing is split).
+    pub fn dataset_files(&self) -> BTreeMap<String, &str> {
+        self.pairs
+            .iter()
+            .filter_map(PairRecord::dataset_files)
+            .flatten()
+            .collect()
+    }
+
     /// A warning for a set committed without some of its sources ([`Manifest::failed`]), naming
     /// them and what to do; `None` for a complete set. `run` is the run folder, for the message.
     pub fn failed_warning(&self, run: &Path) -> Option<String> {
@@ -408,15 +425,11 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
     if let Some(info) = &m.split {
         crate::split::check_split_settings(cfg, info)?;
     }
-    let mut expected: BTreeMap<String, &str> = BTreeMap::new();
-    for p in &m.pairs {
-        for (_, file, hash) in p.master_files() {
-            expected.insert(file.to_string(), hash);
-        }
-        for (file, hash) in p.dataset_files().into_iter().flatten() {
-            expected.insert(file, hash);
-        }
-    }
+    let mut expected = m.dataset_files();
+    expected.extend(
+        m.master_files()
+            .map(|(file, hash)| (file.to_string(), hash)),
+    );
     // The tool writes regular files: a link at a recorded name is a change even when it leads
     // to the same bytes (the set is no longer what was generated, and a write through it would
     // land elsewhere); it is listed with its kind, and a folder or FIFO there likewise.

@@ -120,7 +120,7 @@ impl Owned {
 
 /// What a directory entry is, for messages: "a folder", "a file", "a symbolic link" or "a FIFO,
 /// a socket or a device".
-fn entry_kind(kind: std::fs::FileType) -> &'static str {
+pub(crate) fn entry_kind(kind: std::fs::FileType) -> &'static str {
     if kind.is_dir() {
         "a folder"
     } else if kind.is_symlink() {

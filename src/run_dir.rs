@@ -147,13 +147,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
                 "{} exists and is not a lock file of pipeline ({}); nothing was written: move \
                  it away, or choose another `name`/--out",
                 path.display(),
-                if meta.file_type().is_symlink() {
-                    "a symbolic link"
-                } else if meta.is_dir() {
-                    "a folder"
-                } else {
-                    "a FIFO, a socket or a device"
-                }
+                crate::owned::entry_kind(meta.file_type())
             );
         }
     }

@@ -19,7 +19,7 @@ use crate::config::{Config, SplitMode};
 use crate::dataset::layout::{TEST_LIST, TRAIN_LIST};
 use crate::dataset::lists::read_list;
 use crate::io::{commit_point, hash_file};
-use crate::manifest::{rel_path, Manifest, PairRecord, SplitInfo};
+use crate::manifest::{rel_path, Manifest, SplitInfo};
 use crate::rng::rng_for;
 use crate::run_layout::{PairPart, RunLayout, Split};
 
@@ -360,19 +360,10 @@ pub fn counts(n: usize, ratios: [f64; 3]) -> [usize; 3] {
 ///   the bytes `new`'s split puts at its name (a file of the user's at a name the new split
 ///   writes would otherwise be overwritten).
 fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> {
-    crate::owned::check_recorded_files(
-        run.root(),
-        old.pairs
-            .iter()
-            .flat_map(|p| [p.image.as_str(), p.mask.as_str()]),
-    )?;
+    crate::owned::check_recorded_files(run.root(), old.master_files().map(|(rel, _)| rel))?;
     // The master files the split links must be there with their recorded bytes: a missing one
     // would stop the split half-way, an edited one would be linked in silently.
-    let master: Vec<(&str, &str)> = old
-        .pairs
-        .iter()
-        .flat_map(|p| p.master_files().map(|(_, rel, hash)| (rel, hash)))
-        .collect();
+    let master: Vec<(&str, &str)> = old.master_files().collect();
     let bad: Vec<(&str, bool)> = master
         .par_iter()
         .filter_map(|(rel, hash)| {
@@ -406,10 +397,19 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
             }
         );
     }
-    let recorded: BTreeMap<String, &str> = old
+    // Each recorded split file with the master file it links: (hash, master path).
+    let recorded: BTreeMap<String, (&str, &str)> = old
         .pairs
         .iter()
-        .filter_map(PairRecord::dataset_files)
+        .filter_map(|p| {
+            let split = p.split?;
+            Some(p.master_files().map(move |(part, file, hash)| {
+                (
+                    crate::run_layout::dataset_rel(split, part, file),
+                    (hash, file),
+                )
+            }))
+        })
         .flatten()
         .collect();
     for rel in recorded.keys() {
@@ -425,11 +425,14 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
             );
         }
     }
+    // A split file that is still a hard link of its master file was hashed just above.
     let edited: Vec<&String> = recorded
         .par_iter()
-        .filter(|(rel, hash)| {
+        .filter(|(rel, (hash, master))| {
             let path = run.file(rel);
-            path.exists() && !hash_file(&path).is_ok_and(|h| h == **hash)
+            path.exists()
+                && !same_file(&path, &run.file(master))
+                && !hash_file(&path).is_ok_and(|h| h == *hash)
         })
         .map(|(rel, _)| rel)
         .collect();
@@ -445,12 +448,7 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
     // A file no record names, at a name the new split writes, holding exactly the bytes that
     // go there (the split of a set whose manifest became unreadable, made again): kept as the
     // split's own, since nothing of it would be lost.
-    let new_files: BTreeMap<String, &str> = new
-        .pairs
-        .iter()
-        .filter_map(PairRecord::dataset_files)
-        .flatten()
-        .collect();
+    let new_files = new.dataset_files();
     let same_as_new = |rel: &str, path: &std::path::Path| {
         new_files
             .get(rel)
@@ -479,6 +477,15 @@ fn check_dataset(run: &RunLayout, old: &Manifest, new: &Manifest) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// Whether `a` and `b` are one file (hard links: the same device and inode).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.symlink_metadata(), b.symlink_metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Lays `dataset/` out for `new`'s assignment, recording before acting: the files of `old`'s

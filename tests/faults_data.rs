@@ -143,6 +143,14 @@ impl Case {
         self.data.join(TRUTH).join(format!("{stem}.png"))
     }
 
+    /// The name of the manifest's first pair record.
+    fn first_pair_name(&self) -> String {
+        self.manifest()["pairs"][0]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     fn manifest(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.run_dir().join("manifest.json")).unwrap())
             .unwrap()
@@ -251,10 +259,7 @@ fn force_removes_only_files_the_tool_recorded() {
     std::fs::write(run.join("master/images/my-notes.txt"), b"mine").unwrap();
     std::fs::write(run.join("my-results.csv"), b"mine").unwrap();
     // A recorded file edited since (a mask touched up by hand): not the tool's bytes any more.
-    let name = c.manifest()["pairs"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let name = c.first_pair_name();
     let edited = format!("masks/{name}.png");
     std::fs::write(run.join("master").join(&edited), b"my touched-up mask").unwrap();
     c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
@@ -1925,10 +1930,7 @@ fn split_refuses_a_user_file_where_it_would_link_and_an_edited_split_file() {
     let c = Case::new(2);
     c.ok(&["generate"]);
     let run = c.run_dir();
-    let name = c.manifest()["pairs"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let name = c.first_pair_name();
     let mut placed = Vec::new();
     for split in ["train", "valid", "test"] {
         let f = run.join(format!("dataset/{split}/masks/{name}.png"));
@@ -1979,10 +1981,7 @@ fn split_refuses_a_non_file_at_a_recorded_master_name() {
     c.ok(&["generate"]);
     c.ok(&["split"]);
     let run = c.run_dir();
-    let name = c.manifest()["pairs"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let name = c.first_pair_name();
     let target = run.join(format!("master/masks/{name}.png"));
     let outside = c.root.join("outside.png");
     std::fs::copy(&target, &outside).unwrap();
@@ -2037,10 +2036,7 @@ fn split_refuses_a_missing_or_edited_master_file_before_any_change() {
     c.ok(&["generate"]);
     c.ok(&["split"]);
     let run = c.run_dir();
-    let name = c.manifest()["pairs"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let name = c.first_pair_name();
     let master = run.join(format!("master/images/{name}.png"));
     c.edit_config(
         r#""train": 0.5, "valid": 0.25, "test": 0.25"#,

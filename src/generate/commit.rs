@@ -34,11 +34,7 @@ pub(super) fn finish_commit(run: &RunLayout, old: Option<&Manifest>) -> Result<V
     let old_master = run.old_master();
     let staging = run.staging();
     if let Some(old) = old {
-        let files: Vec<(String, &str)> = old
-            .pairs
-            .iter()
-            .flat_map(|p| p.dataset_files().into_iter().flatten())
-            .collect();
+        let files: Vec<(String, &str)> = old.dataset_files().into_iter().collect();
         let removed = files
             .par_iter()
             .map(|(file, hash)| remove_if_unchanged(&run.file(file), hash))
@@ -110,12 +106,7 @@ pub(super) fn clear_old_master(
     }
     // Recorded files are removed only with the recorded bytes: one edited since stays, and is
     // moved below with the files no manifest recorded.
-    let recorded: Vec<(&str, &str)> = old
-        .map(|m| m.pairs.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|p| p.master_files().map(|(_, rel, hash)| (rel, hash)))
-        .collect();
+    let recorded: Vec<(&str, &str)> = old.map(|m| m.master_files().collect()).unwrap_or_default();
     recorded
         .par_iter()
         .map(|(rel, hash)| {

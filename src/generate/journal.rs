@@ -161,19 +161,12 @@ impl Prior {
             .flatten()
             .flatten()
         {
-            let dataset: Vec<String> = m
-                .pairs
-                .iter()
-                .filter_map(|p| p.dataset_files())
-                .flat_map(|f| f.map(|(rel, _)| rel))
-                .collect();
-            let master = m
-                .pairs
-                .iter()
-                .flat_map(|p| [p.image.as_str(), p.mask.as_str()]);
+            let dataset = m.dataset_files();
             crate::owned::check_recorded_files(
                 run.root(),
-                master.chain(dataset.iter().map(String::as_str)),
+                m.master_files()
+                    .map(|(rel, _)| rel)
+                    .chain(dataset.keys().map(String::as_str)),
             )?;
         }
         Ok(())

@@ -492,6 +492,17 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
     for f in &r.records {
         println!("{}", printable(f));
     }
+    let run = cfg.layout();
+    if run.journal().exists() {
+        // An interrupted generation or merge whose commit had not begun: the set verified is
+        // the earlier one, still whole, which that run would have replaced.
+        eprintln!(
+            "note: {} is left by a generation that did not finish; the set verified here is the \
+             earlier one, which it would have replaced; rerun {} to finish it",
+            run.journal().display(),
+            generate::finish_hint(&run)
+        );
+    }
     if r.is_clean() {
         println!("verified {} files: all match manifest.json", r.checked);
         Ok(ExitCode::SUCCESS)
@@ -506,7 +517,8 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
                 String::new()
             } else {
                 format!(
-                    "; {} pair record(s) are not one per source and variant of this config",
+                    "; {} record problem(s): pairs not one per source and variant of this \
+                     config, or a split that disagrees with itself",
                     r.records.len()
                 )
             },

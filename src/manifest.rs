@@ -276,12 +276,20 @@ impl Manifest {
     }
 
     /// The source records of `split`, in the split's (sorted) order. Errors: no split is
-    /// recorded (run `pipeline split`); the split names a source the manifest has no record of.
+    /// recorded (run `pipeline split`); the recorded split disagrees with itself (its source
+    /// lists against the pairs' splits: a hand-edited manifest; names the first problem and
+    /// `pipeline split`); the split names a source the manifest has no record of.
     pub fn split_sources(&self, split: Split) -> Result<Vec<&SourceRecord>> {
         let info = self
             .split
             .as_ref()
             .context("the manifest records no split (run `pipeline split` first)")?;
+        if let Some(first) = split_problems(self).first() {
+            anyhow::bail!(
+                "the recorded split disagrees with itself ({first}; edited by hand?): rerun \
+                 `pipeline split` to make it again"
+            );
+        }
         info.sources_of(split)
             .iter()
             .map(|stem| {
@@ -331,6 +339,15 @@ impl Manifest {
                 path.display()
             )
         })?;
+        if m.schema != SCHEMA {
+            anyhow::bail!(
+                "{} is not a manifest this version reads: its schema is {:?}, not {SCHEMA:?} \
+                 (edited by hand, or written by another tool?); rerun `pipeline generate --force` \
+                 to rebuild it",
+                path.display(),
+                m.schema,
+            );
+        }
         if let Some(s) = m.sources.iter().find(|s| !is_plain_name(&s.stem)) {
             anyhow::bail!(
                 "{} is not a valid manifest (edited by hand?); rerun `pipeline generate \
@@ -404,10 +421,11 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
     if !run.manifest().exists() && journal.exists() {
         anyhow::bail!(
             "the run in {} is incomplete: a generation did not finish ({} exists, no {}); \
-             run `pipeline generate --resume` to finish it",
+             run {} to finish it",
             run.root().display(),
             journal.display(),
-            RunLayout::MANIFEST
+            RunLayout::MANIFEST,
+            crate::generate::finish_hint(run)
         );
     }
     let m = crate::generate::require_complete(run)?;
@@ -463,6 +481,7 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
         ..Default::default()
     };
     report.records = record_problems(cfg, &m);
+    report.records.extend(split_problems(&m));
     for (rel, state) in results {
         match state {
             Some(true) => {}
@@ -533,6 +552,78 @@ fn record_problems(cfg: &crate::config::Config, m: &Manifest) -> Vec<String> {
             .filter(|n| !seen.contains(n.as_str()))
             .map(|n| format!("missing record: {n}")),
     );
+    out
+}
+
+/// Where the recorded split disagrees with itself: `split.sources` against the pairs' `split`
+/// fields, the lists the evaluation and the statistics read against the files that were linked.
+/// By source and official: every listed stem is a recorded source, in one split only, and each
+/// pair is in its source's split (test: `orig` only when `test_originals_only`), or in none.
+/// By file: each split lists exactly the sources of its pairs. A hand-edited list would make
+/// `evaluate` score training photographs as test photographs, silently.
+fn split_problems(m: &Manifest) -> Vec<String> {
+    let Some(info) = &m.split else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let recorded: BTreeSet<&str> = m.sources.iter().map(|s| s.stem.as_str()).collect();
+    let mut split_of: BTreeMap<&str, Split> = BTreeMap::new();
+    for (name, stems) in &info.sources {
+        let Some(split) = Split::ALL.into_iter().find(|s| s.name() == name) else {
+            out.push(format!(
+                "split record: split.sources names no split {name:?}"
+            ));
+            continue;
+        };
+        for stem in stems {
+            if !recorded.contains(stem.as_str()) {
+                out.push(format!(
+                    "split record: {name} lists {stem}, which is not a recorded source"
+                ));
+            } else if info.mode != SplitMode::ByFile {
+                if let Some(other) = split_of.insert(stem, split) {
+                    out.push(format!(
+                        "split record: {stem} is listed in both {} and {name}",
+                        other.name()
+                    ));
+                }
+            }
+        }
+    }
+    if info.mode == SplitMode::ByFile {
+        for split in Split::ALL {
+            let of_pairs: BTreeSet<&str> = m
+                .pairs
+                .iter()
+                .filter(|p| p.split == Some(split))
+                .map(|p| p.source.as_str())
+                .collect();
+            let listed: BTreeSet<&str> =
+                info.sources_of(split).iter().map(String::as_str).collect();
+            if of_pairs != listed {
+                out.push(format!(
+                    "split record: split.sources.{} does not list the sources of its pairs",
+                    split.name()
+                ));
+            }
+        }
+        return out;
+    }
+    for p in &m.pairs {
+        let want = split_of
+            .get(p.source.as_str())
+            .copied()
+            .filter(|s| *s != Split::Test || !info.test_originals_only || p.variant == "orig");
+        if p.split != want {
+            let name = |s: Option<Split>| s.map_or("no split", |s| s.name());
+            out.push(format!(
+                "split record: pair {} is in {}, but split.sources puts it in {}",
+                p.name,
+                name(p.split),
+                name(want)
+            ));
+        }
+    }
     out
 }
 

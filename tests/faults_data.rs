@@ -2031,6 +2031,96 @@ fn manifest_with_a_source_stem_that_is_a_path_is_refused() {
 }
 
 #[test]
+fn manifest_of_another_schema_is_refused_and_force_rebuilds_it() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let run = c.run_dir();
+    let good = std::fs::read(run.join("manifest.json")).unwrap();
+    let mut m = c.manifest();
+    m["schema"] = serde_json::Value::String("fundus-pipeline/manifest/v9".into());
+    std::fs::write(run.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    for args in [&["verify"][..], &["split"], &["stats"], &["preview"]] {
+        assert_refused(
+            &c.run(args),
+            &["manifest/v9", "fundus-pipeline/manifest/v1", "--force"],
+        );
+    }
+    c.ok(&["generate", "--force"]);
+    assert_eq!(std::fs::read(run.join("manifest.json")).unwrap(), good);
+    assert_verified(&c);
+}
+
+#[test]
+fn verify_reports_a_split_record_that_disagrees_with_its_pairs() {
+    let c = Case::new(4);
+    c.ok(&["generate"]);
+    c.ok(&["split"]);
+    assert_verified(&c);
+    c.ok(&["train", "--device", "cpu"]);
+    let run = c.run_dir();
+    let good = c.manifest();
+    let lists = good["split"]["sources"].as_object().unwrap().clone();
+    let (from, moved) = lists
+        .iter()
+        .find_map(|(k, v)| v[0].as_str().map(|s| (k.clone(), s.to_string())))
+        .unwrap();
+    let to = ["train", "valid", "test"]
+        .into_iter()
+        .find(|s| *s != from)
+        .unwrap();
+    let write = |m: &serde_json::Value| {
+        std::fs::write(run.join("manifest.json"), serde_json::to_vec(m).unwrap()).unwrap()
+    };
+    // A source moved to another split's list (what evaluate reads), files untouched.
+    let mut m = good.clone();
+    let list = m["split"]["sources"][&from].as_array_mut().unwrap();
+    list.retain(|s| s.as_str() != Some(moved.as_str()));
+    m["split"]["sources"][to]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::Value::String(moved.clone()));
+    write(&m);
+    let out = c.run(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(&format!("split record: pair {moved}_orig is in {from}")),
+        "{text}"
+    );
+    // evaluate, which reads the test list, refuses it rather than score the wrong photographs.
+    assert_refused(
+        &c.run(&["evaluate", "--device", "cpu"]),
+        &["disagrees with itself", "pipeline split"],
+    );
+    // Listed in two splits, and a stem that is no source.
+    let mut m = good.clone();
+    m["split"]["sources"][to]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::Value::String(moved.clone()));
+    m["split"]["sources"][&from]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::Value::String("image999".into()));
+    write(&m);
+    let out = c.run(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{moved} is listed in both")),
+        "{text}"
+    );
+    assert!(
+        text.contains("image999, which is not a recorded source"),
+        "{text}"
+    );
+    // What the refusal says to do mends it.
+    c.ok(&["split"]);
+    assert_verified(&c);
+    assert_eq!(c.manifest(), good);
+}
+
+#[test]
 fn split_refuses_a_missing_or_edited_master_file_before_any_change() {
     let c = Case::new(2);
     c.ok(&["generate"]);

@@ -365,6 +365,15 @@ fn killed_shard_or_merge_rerun_ends_identical() {
         ("generate: master set aside", 1),
     ] {
         kill(&merge, only, n);
+        // verify names the command that finishes it (the README's: rerun the merge), whether
+        // it refuses (no earlier set) or verifies the earlier set with a note.
+        let o = c.run(&["verify", "--config", &cfg]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("pipeline merge") && !e.contains("panicked"),
+            "{only}: {}",
+            text(&o)
+        );
         c.ok(&merge);
         assert_same(
             &c.root.join("out/t"),

@@ -324,12 +324,23 @@ fn outputs_of_the_replaced_set(run: &RunLayout, old: &Manifest) -> Option<String
 pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
     if run.commit_record().exists() {
         bail!(
-            "a generation in {} was interrupted while replacing the master set; rerun \
-             `pipeline generate` (or `pipeline generate --resume`) first",
-            run.root().display()
+            "a generation in {} was interrupted while replacing the master set; rerun {} first",
+            run.root().display(),
+            finish_hint(run)
         );
     }
     Manifest::load(run)
+}
+
+/// The command that finishes an interrupted generation of `run`, for messages: `pipeline merge`
+/// where the run folder holds shards (a merge commits the way a generation does, and rerunning
+/// it finishes an interrupted one), `pipeline generate --resume` otherwise.
+pub(crate) fn finish_hint(run: &RunLayout) -> &'static str {
+    if run.shards().is_dir() {
+        "`pipeline merge` (or `pipeline generate --resume` if it was a generation of the whole set)"
+    } else {
+        "`pipeline generate --resume`"
+    }
 }
 
 /// [`require_complete`], and the master set must be the one `cfg` generates: a config whose

@@ -108,6 +108,7 @@ fn setup(tmp: &Path) -> Config {
 fn write_manifest(cfg: &Config, n: usize) {
     let stems: Vec<String> = (0..n).map(|i| format!("s{i:02}")).collect();
     let m = Manifest {
+        schema: fundus_pipeline::manifest::SCHEMA.into(),
         sources: stems
             .iter()
             .map(|stem| SourceRecord {

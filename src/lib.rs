@@ -476,8 +476,23 @@ fn printable(s: &str) -> String {
 }
 
 fn run_verify(cfg: &Config) -> Result<ExitCode> {
-    // A reader: refused while a writer holds the folder (it would see half-made state).
-    let _lock = lock_run(cfg, "verify", false)?;
+    // A reader: refused while a writer holds the folder (it would see half-made state); shared,
+    // so that several verifies (and `--shard` processes, which write only under shards/) run
+    // together.
+    let run = cfg.run_dir();
+    run_dir::check_apart(
+        &run,
+        run_dir::RUN_FOLDER,
+        &[(run_dir::DATASET_ROOT, &cfg.data)],
+    )?;
+    if !run.is_dir() {
+        anyhow::bail!(
+            "run folder {} does not exist, so it has no manifest.json (run `pipeline generate` \
+             first, or check `out`/`name`)",
+            run.display()
+        );
+    }
+    let _lock = run_dir::lock_shared(&run, "verify")?;
     let r = manifest::verify(cfg)?;
     for (what, list) in [
         ("changed", &r.changed),

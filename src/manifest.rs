@@ -84,7 +84,7 @@ pub struct GenerationKey<'a> {
     /// [`crate::io::JPEG_ENCODER`] when `generate.image_format` is JPEG: another encoder makes
     /// other bytes from the same settings, so it is part of what identifies the set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub jpeg_encoder: Option<&'static str>,
+    pub jpeg_encoder: Option<&'a str>,
 }
 
 impl GenerationKey<'_> {
@@ -481,6 +481,7 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
         ..Default::default()
     };
     report.records = record_problems(cfg, &m);
+    report.records.extend(generation_problems(&m));
     report.records.extend(split_problems(&m));
     for (rel, state) in results {
         match state {
@@ -552,6 +553,43 @@ fn record_problems(cfg: &crate::config::Config, m: &Manifest) -> Vec<String> {
             .filter(|n| !seen.contains(n.as_str()))
             .map(|n| format!("missing record: {n}")),
     );
+    out
+}
+
+/// Where the recorded generation settings (`generation`, what messages and people read) are
+/// not the ones the recorded key (`generation_key`, what every stage compares) was made from:
+/// a `generation` edited by hand with the key kept. Their key is recomputed the way a config's
+/// is ([`GenerationKey::hash`]; settings added in later versions are left out of it at their
+/// defaults, so older manifests give their own key), and the variant names must be the plan of
+/// the recorded variants.
+fn generation_problems(m: &Manifest) -> Vec<String> {
+    let g = &m.generation;
+    let mut out = Vec::new();
+    let key = GenerationKey {
+        seed: g.seed,
+        lesion: g.lesion,
+        generate: &g.generate,
+        jpeg_encoder: g.jpeg_encoder.as_deref(),
+    }
+    .hash();
+    if key != m.generation_key {
+        out.push(
+            "generation record: the recorded settings (`generation`) are not the ones its \
+             generation key was made from (edited by hand?)"
+                .to_string(),
+        );
+    }
+    let plan: Vec<String> = crate::augment::plan(&g.generate.variants)
+        .iter()
+        .map(crate::augment::Variant::name)
+        .collect();
+    if plan != g.variants {
+        out.push(
+            "generation record: `generation.variants` is not the plan of the recorded variant \
+             settings (edited by hand?)"
+                .to_string(),
+        );
+    }
     out
 }
 

@@ -225,8 +225,9 @@ pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
                  finish, or choose another `name`/--out (lock file {})",
                 run_dir.display(),
                 if holder.is_empty() {
-                    "pid not recorded: a writer that just started, or `--shard` processes, \
-                     whose pids are in shards/*/pipeline.lock"
+                    "pid not recorded: a writer that just started, or processes that share the \
+                     folder: `verify`, or `--shard` processes, whose pids are in \
+                     shards/*/pipeline.lock"
                         .to_string()
                 } else {
                     holder.to_string()
@@ -246,7 +247,8 @@ pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
 }
 
 /// A shared lock on a run folder, held until dropped: the `--shard` processes of `generate`
-/// and `infer` hold it together, and every exclusive writer ([`lock`]) is refused meanwhile.
+/// and `infer`, and `verify`, hold it together, and every exclusive writer ([`lock`]) is refused
+/// meanwhile.
 #[derive(Debug)]
 pub struct SharedRunLock {
     _file: File,

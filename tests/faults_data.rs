@@ -2051,6 +2051,70 @@ fn manifest_of_another_schema_is_refused_and_force_rebuilds_it() {
 }
 
 #[test]
+fn verifies_run_together_and_wait_for_no_reader_but_a_writer() {
+    use std::os::fd::AsRawFd;
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let lock = c.run_dir().join("pipeline.lock");
+    let f = std::fs::OpenOptions::new().read(true).open(&lock).unwrap();
+    // Another verify's lock (shared): this one runs beside it.
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) },
+        0
+    );
+    assert_verified(&c);
+    // A writer's (exclusive): refused, as before.
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    assert_refused(&c.run(&["verify"]), &["in use by another pipeline process"]);
+    // A writer is refused while a verify holds the folder.
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) },
+        0
+    );
+    assert_refused(
+        &c.run(&["generate"]),
+        &["in use by another pipeline process", "verify"],
+    );
+    drop(f);
+    c.ok(&["generate"]);
+}
+
+#[test]
+fn verify_reports_generation_settings_edited_with_the_key_kept() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    assert_verified(&c);
+    let run = c.run_dir();
+    let good = c.manifest();
+    let write = |m: &serde_json::Value| {
+        std::fs::write(run.join("manifest.json"), serde_json::to_vec(m).unwrap()).unwrap()
+    };
+    let verify_says = |needle: &str| {
+        let out = c.run(&["verify"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+        assert!(text.contains(needle), "{text}");
+    };
+    let mut m = good.clone();
+    m["generation"]["seed"] = serde_json::json!(4);
+    write(&m);
+    verify_says("generation record: the recorded settings");
+    let mut m = good.clone();
+    m["generation"]["generate"]["size"] = serde_json::json!(64);
+    write(&m);
+    verify_says("generation record: the recorded settings");
+    let mut m = good.clone();
+    m["generation"]["variants"].as_array_mut().unwrap().pop();
+    write(&m);
+    verify_says("`generation.variants` is not the plan");
+    write(&good);
+    assert_verified(&c);
+}
+
+#[test]
 fn verify_reports_a_split_record_that_disagrees_with_its_pairs() {
     let c = Case::new(4);
     c.ok(&["generate"]);

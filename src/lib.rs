@@ -507,16 +507,31 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
     for f in &r.records {
         println!("{}", printable(f));
     }
+    // A journal beside a complete manifest: a generation or merge interrupted before its
+    // commit began (the set verified is the earlier one, still whole) or just after it ended
+    // (the set verified is its own); either way the journal says what finishes it.
     let run = cfg.layout();
-    if run.journal().exists() {
-        // An interrupted generation or merge whose commit had not begun: the set verified is
-        // the earlier one, still whole, which that run would have replaced.
-        eprintln!(
-            "note: {} is left by a generation that did not finish; the set verified here is the \
-             earlier one, which it would have replaced; rerun {} to finish it",
+    match generate::journal_key(&run)? {
+        None => {}
+        Some(Some(key)) if key == cfg.generation_key() => eprintln!(
+            "note: {} is left by a generation of this config that did not finish; the set \
+             verified here is the one manifest.json records; rerun {} to finish it",
             run.journal().display(),
             generate::finish_hint(&run)
-        );
+        ),
+        Some(Some(key)) => eprintln!(
+            "note: {} is left by an interrupted generation with other settings (generation key \
+             {}); the set verified here is the one manifest.json records; finish that \
+             generation with the config it was made with (`pipeline generate --resume`), or \
+             replace it with `pipeline generate --force` and this config",
+            run.journal().display(),
+            &key[..key.len().min(12)]
+        ),
+        Some(None) => eprintln!(
+            "note: {} is not a journal of pipeline (no journal header); `pipeline generate` \
+             refuses to run beside it: move it away",
+            run.journal().display()
+        ),
     }
     if r.is_clean() {
         println!("verified {} files: all match manifest.json", r.checked);

@@ -70,6 +70,23 @@ pub struct Generation {
     pub jpeg_encoder: Option<String>,
 }
 
+impl Generation {
+    /// What a generation with `cfg` records: its generation settings and the names of its
+    /// variants in plan order (the record [`generation_problems`] holds against the key).
+    pub fn of(cfg: &crate::config::Config) -> Generation {
+        Generation {
+            seed: cfg.seed,
+            lesion: cfg.lesion,
+            generate: cfg.generate.clone(),
+            variants: crate::augment::plan(&cfg.generate.variants)
+                .iter()
+                .map(crate::augment::Variant::name)
+                .collect(),
+            jpeg_encoder: cfg.generation_settings().jpeg_encoder.map(str::to_string),
+        }
+    }
+}
+
 /// The settings whose compact JSON's blake3 is the generation key: seed, lesion, the `generate`
 /// section and, for JPEG output only, the JPEG encoder, in this order (the key of existing run
 /// folders depends on it: PNG keys are the same as before the encoder was recorded).
@@ -481,7 +498,6 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
         ..Default::default()
     };
     report.records = record_problems(cfg, &m);
-    report.records.extend(generation_problems(&m));
     report.records.extend(split_problems(&m));
     for (rel, state) in results {
         match state {
@@ -562,7 +578,7 @@ fn record_problems(cfg: &crate::config::Config, m: &Manifest) -> Vec<String> {
 /// is ([`GenerationKey::hash`]; settings added in later versions are left out of it at their
 /// defaults, so older manifests give their own key), and the variant names must be the plan of
 /// the recorded variants.
-fn generation_problems(m: &Manifest) -> Vec<String> {
+pub(crate) fn generation_problems(m: &Manifest) -> Vec<String> {
     let g = &m.generation;
     let mut out = Vec::new();
     let key = GenerationKey {
@@ -599,7 +615,7 @@ fn generation_problems(m: &Manifest) -> Vec<String> {
 /// pair is in its source's split (test: `orig` only when `test_originals_only`), or in none.
 /// By file: each split lists exactly the sources of its pairs. A hand-edited list would make
 /// `evaluate` score training photographs as test photographs, silently.
-fn split_problems(m: &Manifest) -> Vec<String> {
+pub(crate) fn split_problems(m: &Manifest) -> Vec<String> {
     let Some(info) = &m.split else {
         return Vec::new();
     };
@@ -613,8 +629,11 @@ fn split_problems(m: &Manifest) -> Vec<String> {
             ));
             continue;
         };
+        let mut in_list: BTreeSet<&str> = BTreeSet::new();
         for stem in stems {
-            if !recorded.contains(stem.as_str()) {
+            if !in_list.insert(stem) {
+                out.push(format!("split record: {stem} is listed twice in {name}"));
+            } else if !recorded.contains(stem.as_str()) {
                 out.push(format!(
                     "split record: {name} lists {stem}, which is not a recorded source"
                 ));

@@ -52,6 +52,13 @@ pub fn require_complete(cfg: &Config) -> Result<Manifest> {
         );
     };
     check_split_settings(cfg, info)?;
+    if let Some(problem) = crate::manifest::split_problems(&m).first() {
+        bail!(
+            "the split recorded in {} disagrees with itself ({problem}; edited by hand?): rerun \
+             `pipeline split` to make it again",
+            cfg.layout().manifest().display()
+        );
+    }
     Ok(m)
 }
 

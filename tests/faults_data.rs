@@ -2083,7 +2083,7 @@ fn verifies_run_together_and_wait_for_no_reader_but_a_writer() {
 }
 
 #[test]
-fn verify_reports_generation_settings_edited_with_the_key_kept() {
+fn a_generation_record_edited_with_its_key_kept_is_refused_by_every_reader() {
     let c = Case::new(2);
     c.ok(&["generate"]);
     assert_verified(&c);
@@ -2092,26 +2092,92 @@ fn verify_reports_generation_settings_edited_with_the_key_kept() {
     let write = |m: &serde_json::Value| {
         std::fs::write(run.join("manifest.json"), serde_json::to_vec(m).unwrap()).unwrap()
     };
-    let verify_says = |needle: &str| {
-        let out = c.run(&["verify"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
-        assert!(text.contains(needle), "{text}");
+    let refused = |needle: &str| {
+        for args in [&["verify"][..], &["split"], &["stats"], &["preview"]] {
+            assert_refused(
+                &c.run(args),
+                &["not a consistent record", needle, "--force"],
+            );
+        }
     };
     let mut m = good.clone();
     m["generation"]["seed"] = serde_json::json!(4);
     write(&m);
-    verify_says("generation record: the recorded settings");
+    refused("generation record: the recorded settings");
     let mut m = good.clone();
     m["generation"]["generate"]["size"] = serde_json::json!(64);
     write(&m);
-    verify_says("generation record: the recorded settings");
+    refused("generation record: the recorded settings");
     let mut m = good.clone();
     m["generation"]["variants"].as_array_mut().unwrap().pop();
     write(&m);
-    verify_says("`generation.variants` is not the plan");
-    write(&good);
+    refused("`generation.variants` is not the plan");
+    // The key edited instead: named as such, not as a difference in some setting.
+    let mut m = good.clone();
+    m["generation_key"] = serde_json::json!("0".repeat(64));
+    write(&m);
+    refused("generation record: the recorded settings");
+    // What the refusal says to do mends it.
+    c.ok(&["generate", "--force"]);
+    assert_eq!(c.manifest(), good);
     assert_verified(&c);
+}
+
+#[test]
+fn a_journal_that_is_not_the_tools_is_never_removed_and_verify_names_what_finishes_one() {
+    let c = Case::new(2);
+    c.ok(&["generate"]);
+    let run = c.run_dir();
+    let journal = run.join("generate.journal");
+    // The tool wrote a journal here before (its name is recorded as the tool's): a file of
+    // the user's at that name is still not its work.
+    std::fs::write(&journal, b"my notes\n").unwrap();
+    let o = c.run(&["verify"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a journal of pipeline"),
+        "{}",
+        stderr(&o)
+    );
+    for args in [
+        &["generate", "--force"][..],
+        &["generate", "--resume"],
+        &["generate"],
+    ] {
+        assert_refused(
+            &c.run(args),
+            &["generate.journal is not a journal of pipeline"],
+        );
+        assert_eq!(std::fs::read(&journal).unwrap(), b"my notes\n");
+    }
+    std::fs::remove_file(&journal).unwrap();
+    // A journal of another config's interrupted generation: verify says how to finish or
+    // replace it, not `--resume` with this config (which refuses it).
+    c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
+    assert!(c.run_killed_at(&["generate", "--force"], 3));
+    c.edit_config(r#""seed": 4"#, r#""seed": 3"#);
+    let o = c.run(&["verify"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("other settings") && stderr(&o).contains("--force"),
+        "{}",
+        stderr(&o)
+    );
+    // A text file at the commit record's name: refused by name, never a loop of advice.
+    std::fs::write(run.join("generate.commit.json"), b"mine").unwrap();
+    for args in [&["verify"][..], &["split"], &["generate", "--force"]] {
+        assert_refused(
+            &c.run(args),
+            &[
+                "generate.commit.json is not a commit record",
+                "move it away",
+            ],
+        );
+    }
+    assert_eq!(
+        std::fs::read(run.join("generate.commit.json")).unwrap(),
+        b"mine"
+    );
 }
 
 #[test]
@@ -2151,11 +2217,15 @@ fn verify_reports_a_split_record_that_disagrees_with_its_pairs() {
         text.contains(&format!("split record: pair {moved}_orig is in {from}")),
         "{text}"
     );
-    // evaluate, which reads the test list, refuses it rather than score the wrong photographs.
-    assert_refused(
-        &c.run(&["evaluate", "--device", "cpu"]),
-        &["disagrees with itself", "pipeline split"],
-    );
+    // evaluate, which reads the test list, refuses it rather than score the wrong photographs,
+    // and so do the other readers of the split.
+    for args in [
+        &["evaluate", "--device", "cpu"][..],
+        &["stats"],
+        &["train", "--device", "cpu"],
+    ] {
+        assert_refused(&c.run(args), &["disagrees with itself", "pipeline split"]);
+    }
     // Listed in two splits, and a stem that is no source.
     let mut m = good.clone();
     m["split"]["sources"][to]
@@ -2176,6 +2246,19 @@ fn verify_reports_a_split_record_that_disagrees_with_its_pairs() {
     );
     assert!(
         text.contains("image999, which is not a recorded source"),
+        "{text}"
+    );
+    // Listed twice in one list.
+    let mut m = good.clone();
+    m["split"]["sources"][&from]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::Value::String(moved.clone()));
+    write(&m);
+    let out = c.run(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&format!("{moved} is listed twice in {from}")),
         "{text}"
     );
     // What the refusal says to do mends it.

@@ -184,6 +184,23 @@ impl Prior {
         now: &serde_json::Value,
         force: bool,
     ) -> Result<()> {
+        // The tool writes its journal and commit record whole (temporary name, then rename),
+        // so one that does not parse is not its work: refused even with --force, never
+        // overwritten or removed.
+        if matches!(self.journal.header, Some(None)) && !journal_is_empty(run) {
+            bail!(
+                "{} is not a journal of pipeline (its first line is no journal header); nothing \
+                 was written or removed: move it away and rerun",
+                run.journal().display()
+            );
+        }
+        if let Some(Err(e)) = &self.commit {
+            bail!(
+                "{} is not a commit record this version reads ({e}); nothing was written or \
+                 removed: move it away and rerun",
+                run.commit_record().display()
+            );
+        }
         let mut other = Vec::new();
         // An interrupted generation of this very config (its journal or its commit record) was
         // authorized when it started (`--force` if it replaces another run): finishing it
@@ -238,6 +255,20 @@ impl Prior {
         }
         Ok(())
     }
+}
+
+/// True when the journal is an empty file: a journal of a version that created it before
+/// writing its header, cut by a kill in between (the tool's; rewritten by the next run).
+fn journal_is_empty(run: &RunLayout) -> bool {
+    std::fs::symlink_metadata(run.journal()).is_ok_and(|m| m.is_file() && m.len() == 0)
+}
+
+/// The generation key in the header of the run's journal: `None` without a journal,
+/// `Some(None)` for a journal whose header does not parse (not the tool's work).
+pub(crate) fn journal_key(run: &RunLayout) -> Result<Option<Option<String>>> {
+    Ok(JournalState::read(run)?
+        .header
+        .map(|h| h.map(|h| h.generation_key)))
 }
 
 pub(super) fn short(key: &str) -> &str {

@@ -259,13 +259,7 @@ pub fn generate(cfg: &Config, opts: &GenerateOptions) -> Result<GenerateReport> 
         schema: SCHEMA.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         generation_key: key,
-        generation: Generation {
-            seed: cfg.seed,
-            lesion: cfg.lesion,
-            generate: cfg.generate.clone(),
-            variants: header.variants,
-            jpeg_encoder: cfg.generation_settings().jpeg_encoder.map(str::to_string),
-        },
+        generation: Generation::of(cfg),
         sources,
         pairs,
         failed: failed_records(&report.failed),
@@ -323,6 +317,12 @@ fn outputs_of_the_replaced_set(run: &RunLayout, old: &Manifest) -> Option<String
 /// while replacing the master set (its `master/` may be half swapped), naming the command.
 pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
     if run.commit_record().exists() {
+        if let Err(e) = Manifest::load_file(&run.commit_record()) {
+            bail!(
+                "{} is not a commit record this version reads ({e:#}); move it away and rerun",
+                run.commit_record().display()
+            );
+        }
         bail!(
             "a generation in {} was interrupted while replacing the master set; rerun {} first",
             run.root().display(),
@@ -330,6 +330,12 @@ pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
         );
     }
     Manifest::load(run)
+}
+
+/// The generation key in the header of the run's journal: `None` without a journal,
+/// `Some(None)` for a journal whose header does not parse (not the tool's work).
+pub fn journal_key(run: &RunLayout) -> Result<Option<Option<String>>> {
+    journal::journal_key(run)
 }
 
 /// The command that finishes an interrupted generation of `run`, for messages: `pipeline merge`
@@ -357,9 +363,22 @@ pub fn require_generated_by(cfg: &Config) -> Result<Manifest> {
 /// [`require_generated_by`].
 pub fn check_generated_by(cfg: &Config, m: &Manifest) -> Result<()> {
     let run = cfg.layout();
+    // The recorded settings must be the ones the recorded key was made from; otherwise the key
+    // comparison below would judge the set by one and name the difference by the other.
+    if let Some(problem) = crate::manifest::generation_problems(m).first() {
+        bail!(
+            "{} is not a consistent record of how the master set was made ({problem}); rerun \
+             `pipeline generate --force` with the config the run was made with to rebuild it",
+            run.manifest().display()
+        );
+    }
     if m.generation_key != cfg.generation_key() {
         let now = serde_json::to_value(cfg.generation_settings())?;
-        let recorded = serde_json::to_value(&m.generation)?;
+        let mut recorded = serde_json::to_value(&m.generation)?;
+        // The variant names follow from `generate.variants` (checked above); the key has none.
+        if let Some(o) = recorded.as_object_mut() {
+            o.remove("variants");
+        }
         let diff = first_difference(&recorded, &now, "")
             .unwrap_or_else(|| "a generation setting differs".to_string());
         bail!(

@@ -123,6 +123,7 @@ fn write_manifest(cfg: &Config, n: usize) {
             .collect(),
         // Readers check that the run was generated with this config's settings.
         generation_key: cfg.generation_key(),
+        generation: fundus_pipeline::manifest::Generation::of(cfg),
         split: Some(SplitInfo {
             mode: SplitMode::BySource,
             ratios: [0.8, 0.15, 0.05],

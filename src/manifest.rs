@@ -635,7 +635,7 @@ pub(crate) fn split_problems(m: &Manifest) -> Vec<String> {
                 out.push(format!("split record: {stem} is listed twice in {name}"));
             } else if !recorded.contains(stem.as_str()) {
                 out.push(format!(
-                    "split record: {name} lists {stem}, which is not a recorded source"
+                    "split record: {name} lists {stem:?}, which is not a recorded source"
                 ));
             } else if info.mode != SplitMode::ByFile {
                 if let Some(other) = split_of.insert(stem, split) {

@@ -2245,7 +2245,7 @@ fn verify_reports_a_split_record_that_disagrees_with_its_pairs() {
         "{text}"
     );
     assert!(
-        text.contains("image999, which is not a recorded source"),
+        text.contains("lists \"image999\", which is not a recorded source"),
         "{text}"
     );
     // Listed twice in one list.

@@ -160,6 +160,7 @@ pub fn run(cli: Cli, training: &dyn Training) -> Result<ExitCode> {
         Command::Verify(a) => return run_verify(&load(&a)?),
         Command::Train(a) => {
             let cfg = load_for_training(&a.dev.common)?;
+            check_validation(&cfg, &a.dev.common.config)?;
             let _lock = lock_run(&cfg, "train", false)?;
             warn_failed(&cfg, &split::require_complete(&cfg)?);
             training.train(&cfg, a.dev.device, a.resume)?;
@@ -234,6 +235,7 @@ pub fn run(cli: Cli, training: &dyn Training) -> Result<ExitCode> {
             let cfg = load_generate(&a.generate)?;
             if !a.no_train {
                 check_training(&cfg, &a.generate.common.config)?;
+                check_validation(&cfg, &a.generate.common.config)?;
                 // Folders the last stages read are checked before hours of training.
                 for (key, dir) in [
                     ("evaluate.images", &cfg.evaluate.images),
@@ -515,7 +517,8 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
         None => {}
         Some(Some(key)) if key == cfg.generation_key() => eprintln!(
             "note: {} is left by a generation of this config that did not finish; the set \
-             verified here is the one manifest.json records; rerun {} to finish it",
+             verified here is the one manifest.json records; rerun {} to finish it (once the \
+             sources it could not read, if any, are fixed)",
             run.journal().display(),
             generate::finish_hint(&run)
         ),
@@ -581,6 +584,21 @@ fn load_for_training(args: &ConfigArgs) -> Result<Config> {
     let cfg = load(args)?;
     check_training(&cfg, &args.config)?;
     Ok(cfg)
+}
+
+/// Training picks its best epoch and lowers its learning rate by the validation loss, so it
+/// needs a validation split: refused up front (before `all` generates) when `split.valid` is 0.
+fn check_validation(cfg: &Config, file: &std::path::Path) -> Result<()> {
+    if cfg.split.valid <= 0.0 {
+        anyhow::bail!(
+            "invalid config file {} for training: `split.valid` is 0, but training needs a \
+             validation split (it keeps the epoch with the best validation loss and lowers the \
+             learning rate by it); set `split.valid` above 0 (0.15 by default), or run \
+             `pipeline all --no-train` to make the data set only",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 fn check_training(cfg: &Config, file: &std::path::Path) -> Result<()> {

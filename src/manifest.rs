@@ -436,6 +436,16 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
     let run = &cfg.layout();
     let journal = run.journal();
     if !run.manifest().exists() && journal.exists() {
+        if matches!(crate::generate::journal_key(run)?, Some(None))
+            && std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+        {
+            anyhow::bail!(
+                "{} is not a journal of pipeline (its first line is no journal header), and \
+                 there is no {}: nothing to verify; move it away and run `pipeline generate`",
+                journal.display(),
+                RunLayout::MANIFEST
+            );
+        }
         anyhow::bail!(
             "the run in {} is incomplete: a generation did not finish ({} exists, no {}); \
              run {} to finish it",

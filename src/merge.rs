@@ -344,7 +344,13 @@ fn check_shard(cfg: &Config, dir: &Path, r: &ShardRecord, key: &str) -> Result<C
             );
         }
     }
-    let manifest = crate::generate::require_complete(&layout)?;
+    let manifest = crate::generate::require_complete(&layout).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#} (for this shard the command is `pipeline generate --shard {}/{} --force`)",
+            r.index,
+            r.count
+        )
+    })?;
     // The inputs must still be the ones the shard read (content, not only size).
     for s in &manifest.sources {
         for (rel, want) in [(&s.image, &s.image_hash), (&s.truth, &s.truth_hash)] {

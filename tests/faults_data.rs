@@ -2155,6 +2155,16 @@ fn a_journal_that_is_not_the_tools_is_never_removed_and_verify_names_what_finish
     // replace it, not `--resume` with this config (which refuses it).
     c.edit_config(r#""seed": 3"#, r#""seed": 4"#);
     assert!(c.run_killed_at(&["generate", "--force"], 3));
+    // With the config of the interrupted generation, every reader names what finishes it.
+    for args in [&["verify"][..], &["split"], &["stats"]] {
+        assert_refused(
+            &c.run(args),
+            &[
+                "a generation of this config that replaces it was interrupted",
+                "--resume",
+            ],
+        );
+    }
     c.edit_config(r#""seed": 4"#, r#""seed": 3"#);
     let o = c.run(&["verify"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -2178,6 +2188,39 @@ fn a_journal_that_is_not_the_tools_is_never_removed_and_verify_names_what_finish
         std::fs::read(run.join("generate.commit.json")).unwrap(),
         b"mine"
     );
+    // In a fresh folder, a journal of the user's is named as such, not as a generation to
+    // finish.
+    let out2 = c.root.join("out2");
+    std::fs::create_dir_all(out2.join("t")).unwrap();
+    std::fs::write(out2.join("t/generate.journal"), b"my notes\n").unwrap();
+    assert_refused(
+        &c.run(&["verify", "--out", out2.to_str().unwrap()]),
+        &["is not a journal of pipeline", "move it away"],
+    );
+    assert_eq!(
+        std::fs::read(out2.join("t/generate.journal")).unwrap(),
+        b"my notes\n"
+    );
+}
+
+#[test]
+fn training_without_a_validation_split_is_refused_before_any_work() {
+    let c = Case::new(3);
+    c.edit_config(
+        r#""train": 0.5, "valid": 0.25, "test": 0.25"#,
+        r#""train": 0.75, "valid": 0, "test": 0.25"#,
+    );
+    assert_refused(
+        &c.run(&["all", "--device", "cpu"]),
+        &["`split.valid` is 0", "--no-train"],
+    );
+    assert!(!c.run_dir().exists());
+    c.ok(&["all", "--no-train"]);
+    assert_refused(
+        &c.run(&["train", "--device", "cpu"]),
+        &["`split.valid` is 0"],
+    );
+    assert!(!c.run_dir().join("train").exists());
 }
 
 #[test]

@@ -532,6 +532,25 @@ fn a_shard_rerun_that_keeps_its_earlier_set_keeps_its_record() {
 }
 
 #[test]
+fn merge_names_the_shard_command_for_a_shard_manifest_it_cannot_read() {
+    let c = Case::new();
+    let cfg = c.config("cfg", "out", 3);
+    c.ok(&["generate", "--config", &cfg, "--shard", "0/2"]);
+    c.ok(&["generate", "--config", &cfg, "--shard", "1/2"]);
+    let path = c.root.join("out/t/shards/1-of-2/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["schema"] = serde_json::json!("fundus-pipeline/manifest/v2");
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let o = c.run(&["merge", "--config", &cfg]);
+    assert_refused(
+        &o,
+        &["manifest/v2", "pipeline generate --shard 1/2 --force"],
+    );
+    c.ok(&["generate", "--config", &cfg, "--shard", "1/2", "--force"]);
+    c.ok(&["merge", "--config", &cfg]);
+}
+
+#[test]
 fn merge_refuses_changed_inputs_and_a_shard_whose_rerun_was_killed() {
     let c = Case::new();
     let cfg = c.config("cfg", "out", 3);

@@ -194,10 +194,11 @@ impl Prior {
                 run.journal().display()
             );
         }
-        if let Some(Err(e)) = &self.commit {
+        if let Some(Err(_)) = &self.commit {
             bail!(
-                "{} is not a commit record this version reads ({e}); nothing was written or \
-                 removed: move it away and rerun",
+                "{} is not a commit record of this version of pipeline (it does not read as \
+                 one; the tool writes it whole, so this is another program's or a person's \
+                 file); nothing was written or removed: move it away and rerun",
                 run.commit_record().display()
             );
         }

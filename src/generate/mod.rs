@@ -317,9 +317,11 @@ fn outputs_of_the_replaced_set(run: &RunLayout, old: &Manifest) -> Option<String
 /// while replacing the master set (its `master/` may be half swapped), naming the command.
 pub fn require_complete(run: &RunLayout) -> Result<Manifest> {
     if run.commit_record().exists() {
-        if let Err(e) = Manifest::load_file(&run.commit_record()) {
+        if Manifest::load_file(&run.commit_record()).is_err() {
             bail!(
-                "{} is not a commit record this version reads ({e:#}); move it away and rerun",
+                "{} is not a commit record of this version of pipeline (it does not read as \
+                 one; the tool writes it whole, so this is another program's or a person's \
+                 file): move it away and rerun",
                 run.commit_record().display()
             );
         }
@@ -373,6 +375,17 @@ pub fn check_generated_by(cfg: &Config, m: &Manifest) -> Result<()> {
         );
     }
     if m.generation_key != cfg.generation_key() {
+        // A generation of this config that replaces the recorded set was interrupted: finishing
+        // it is what makes the set this config's.
+        if matches!(journal::journal_key(&run)?, Some(Some(k)) if k == cfg.generation_key()) {
+            bail!(
+                "the master set in {} was made with other settings, and a generation of this \
+                 config that replaces it was interrupted ({} is left); rerun {} to finish it",
+                run.root().display(),
+                run.journal().display(),
+                finish_hint(&run)
+            );
+        }
         let now = serde_json::to_value(cfg.generation_settings())?;
         let mut recorded = serde_json::to_value(&m.generation)?;
         // The variant names follow from `generate.variants` (checked above); the key has none.

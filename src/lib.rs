@@ -307,13 +307,18 @@ pub fn run(cli: Cli, training: &dyn Training) -> Result<ExitCode> {
 /// Checks that the run folder is apart from the input data, then takes its exclusive lock (see
 /// [`run_dir`]); `create`: the command may create the folder (generate, all).
 fn lock_run(cfg: &Config, command: &str, create: bool) -> Result<run_dir::RunLock> {
+    run_dir::lock(&apart_run_dir(cfg)?, command, create)
+}
+
+/// The run folder, checked apart from the input data (nothing is written inside the dataset).
+fn apart_run_dir(cfg: &Config) -> Result<std::path::PathBuf> {
     let run = cfg.run_dir();
     run_dir::check_apart(
         &run,
         run_dir::RUN_FOLDER,
         &[(run_dir::DATASET_ROOT, &cfg.data)],
     )?;
-    run_dir::lock(&run, command, create)
+    Ok(run)
 }
 
 fn load_generate(a: &cli::GenerateArgs) -> Result<Config> {
@@ -481,20 +486,7 @@ fn run_verify(cfg: &Config) -> Result<ExitCode> {
     // A reader: refused while a writer holds the folder (it would see half-made state); shared,
     // so that several verifies (and `--shard` processes, which write only under shards/) run
     // together.
-    let run = cfg.run_dir();
-    run_dir::check_apart(
-        &run,
-        run_dir::RUN_FOLDER,
-        &[(run_dir::DATASET_ROOT, &cfg.data)],
-    )?;
-    if !run.is_dir() {
-        anyhow::bail!(
-            "run folder {} does not exist, so it has no manifest.json (run `pipeline generate` \
-             first, or check `out`/`name`)",
-            run.display()
-        );
-    }
-    let _lock = run_dir::lock_shared(&run, "verify")?;
+    let _lock = run_dir::lock_shared(&apart_run_dir(cfg)?, "verify", false)?;
     let r = manifest::verify(cfg)?;
     for (what, list) in [
         ("changed", &r.changed),

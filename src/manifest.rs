@@ -292,21 +292,15 @@ impl Manifest {
         self.sources.iter().find(|s| s.stem == stem)
     }
 
-    /// The source records of `split`, in the split's (sorted) order. Errors: no split is
-    /// recorded (run `pipeline split`); the recorded split disagrees with itself (its source
-    /// lists against the pairs' splits: a hand-edited manifest; names the first problem and
-    /// `pipeline split`); the split names a source the manifest has no record of.
+    /// The source records of `split`, in the split's (sorted) order; for a manifest that
+    /// [`crate::split::require_complete`] passed (which also refuses a split that disagrees
+    /// with itself). Errors: no split is recorded (run `pipeline split`); the split names a
+    /// source the manifest has no record of.
     pub fn split_sources(&self, split: Split) -> Result<Vec<&SourceRecord>> {
         let info = self
             .split
             .as_ref()
             .context("the manifest records no split (run `pipeline split` first)")?;
-        if let Some(first) = split_problems(self).first() {
-            anyhow::bail!(
-                "the recorded split disagrees with itself ({first}; edited by hand?): rerun \
-                 `pipeline split` to make it again"
-            );
-        }
         info.sources_of(split)
             .iter()
             .map(|stem| {
@@ -436,9 +430,7 @@ pub fn verify(cfg: &crate::config::Config) -> Result<VerifyReport> {
     let run = &cfg.layout();
     let journal = run.journal();
     if !run.manifest().exists() && journal.exists() {
-        if matches!(crate::generate::journal_key(run)?, Some(None))
-            && std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
-        {
+        if matches!(crate::generate::journal_key(run)?, Some(None)) {
             anyhow::bail!(
                 "{} is not a journal of pipeline (its first line is no journal header), and \
                  there is no {}: nothing to verify; move it away and run `pipeline generate`",

@@ -185,15 +185,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
 /// Errors: the folder is missing (and not `create`), or another process holds the lock (the
 /// message names the folder, the holder's pid and command).
 pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
-    if create {
-        std::fs::create_dir_all(run_dir)
-            .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
-    } else if !run_dir.is_dir() {
-        bail!(
-            "run folder {} does not exist, so it has no manifest.json (run `pipeline generate` first, or check `out`/`name`)",
-            run_dir.display()
-        );
-    }
+    ensure_run_dir(run_dir, create)?;
     let path = run_dir.join(LOCK_FILE);
     let mut file = open_lock_file(&path)?;
     // The lock file is emptied by its holder; content that is not a holder's line is not ours.
@@ -246,6 +238,20 @@ pub fn lock(run_dir: &Path, command: &str, create: bool) -> Result<RunLock> {
     Ok(RunLock { file })
 }
 
+/// Creates the run folder (`create`) or requires it to exist, naming the command that makes it.
+fn ensure_run_dir(run_dir: &Path, create: bool) -> Result<()> {
+    if create {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+    } else if !run_dir.is_dir() {
+        bail!(
+            "run folder {} does not exist, so it has no manifest.json (run `pipeline generate` first, or check `out`/`name`)",
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A shared lock on a run folder, held until dropped: the `--shard` processes of `generate`
 /// and `infer`, and `verify`, hold it together, and every exclusive writer ([`lock`]) is refused
 /// meanwhile.
@@ -254,11 +260,11 @@ pub struct SharedRunLock {
     _file: File,
 }
 
-/// Takes `<run_dir>/pipeline.lock` shared for `command` (creating the folder). The holders do
-/// not write into the file. Errors: an exclusive writer holds it (named with its pid).
-pub fn lock_shared(run_dir: &Path, command: &str) -> Result<SharedRunLock> {
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create output folder {}", run_dir.display()))?;
+/// Takes `<run_dir>/pipeline.lock` shared for `command` (creating the folder when `create`).
+/// The holders do not write into the file. Errors: the folder is missing (and not `create`), or
+/// an exclusive writer holds it (named with its pid).
+pub fn lock_shared(run_dir: &Path, command: &str, create: bool) -> Result<SharedRunLock> {
+    ensure_run_dir(run_dir, create)?;
     let path = run_dir.join(LOCK_FILE);
     let mut file = open_lock_file(&path)?;
     match fs4::FileExt::try_lock_shared(&file) {
@@ -323,13 +329,13 @@ mod tests {
     fn shared_holders_run_together_and_keep_writers_out() {
         let d = tempfile::tempdir().unwrap();
         let run = d.path().join("run");
-        let a = lock_shared(&run, "generate --shard 0/2").unwrap();
-        let b = lock_shared(&run, "generate --shard 1/2").unwrap();
+        let a = lock_shared(&run, "generate --shard 0/2", true).unwrap();
+        let b = lock_shared(&run, "generate --shard 1/2", true).unwrap();
         let e = lock(&run, "merge", false).unwrap_err().to_string();
         assert!(e.contains("in use") && e.contains("--shard"), "{e}");
         drop((a, b));
         let held = lock(&run, "merge", false).unwrap();
-        let e = lock_shared(&run, "generate --shard 0/2")
+        let e = lock_shared(&run, "generate --shard 0/2", true)
             .unwrap_err()
             .to_string();
         assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");

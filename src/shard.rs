@@ -219,7 +219,7 @@ pub struct ShardLocks {
 /// Takes the shard's locks: `<run>/pipeline.lock` shared, then `lock_dir/pipeline.lock`
 /// exclusively (creating both folders). Errors name the holder (see [`crate::run_dir::lock`]).
 pub fn lock(run_dir: &Path, lock_dir: &Path, command: &str) -> Result<ShardLocks> {
-    let run = crate::run_dir::lock_shared(run_dir, command)?;
+    let run = crate::run_dir::lock_shared(run_dir, command, true)?;
     let own = crate::run_dir::lock(lock_dir, command, true).map_err(|e| {
         anyhow::anyhow!(
             "{e:#}\n(the same shard index cannot run twice at once; other indices may run \

@@ -264,9 +264,13 @@ fn journal_is_empty(run: &RunLayout) -> bool {
     std::fs::symlink_metadata(run.journal()).is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
-/// The generation key in the header of the run's journal: `None` without a journal,
-/// `Some(None)` for a journal whose header does not parse (not the tool's work).
+/// The generation key in the header of the run's journal: `None` without a journal (or with
+/// an empty one, see [`journal_is_empty`]), `Some(None)` for a journal whose header does not
+/// parse (not the tool's work).
 pub(crate) fn journal_key(run: &RunLayout) -> Result<Option<Option<String>>> {
+    if journal_is_empty(run) {
+        return Ok(None);
+    }
     Ok(JournalState::read(run)?
         .header
         .map(|h| h.map(|h| h.generation_key)))
